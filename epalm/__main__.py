@@ -1,0 +1,5 @@
+import sys
+
+from epalm.cli import main
+
+sys.exit(main())

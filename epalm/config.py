@@ -1,0 +1,128 @@
+"""The model's configuration: plain dataclasses that round-trip through config.json.
+
+A checkpoint's config names every frozen part (hub id, local path, or an HF config for random
+weights) and every trained part's settings, so ``EPALM.from_pretrained`` can rebuild the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TypeVar
+
+T = TypeVar("T")
+
+
+@dataclass
+class LMConfig:
+    """The frozen decoder LM: ``model`` (hub id or directory) or ``model_config`` (random)."""
+
+    model: str | None = None
+    model_config: dict[str, Any] | None = None
+    seed: int = 0
+    tokenizer: str | None = None  # defaults to `model`
+    dtype: str = "float32"
+
+
+@dataclass
+class PerceiverConfig:
+    """A registered perceiver and the keyword arguments that build it."""
+
+    name: str
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ConnectorConfig:
+    """eP-ALM's trainable part: per-level projections and a soft prompt."""
+
+    levels: int = 6  # how many of the encoder's last layers are projected
+    shared: bool = False  # one Linear for all levels instead of one each
+    prompt_tokens: int = 10
+    prompt_mlp: bool = True  # Embedding -> Linear -> Tanh -> Linear reparametrisation
+    prompt_mlp_hidden: int | None = None  # defaults to the LM's width
+    init_std: float = 0.02
+
+
+@dataclass
+class InjectionConfig:
+    """Which LM layers receive perceptual tokens (0-based, inclusive; None: eP-ALM's default)."""
+
+    first_layer: int | None = None
+    last_layer: int | None = None
+
+
+@dataclass
+class TextConfig:
+    """How prompts and targets become tokens."""
+
+    caption_prompt: str = ""
+    vqa_prompt: str = "Question: {question} Answer:"
+    loss_on_prompt: bool = False  # eP-ALM's "question tokens too" when True
+
+
+@dataclass
+class EPALMConfig:
+    lm: LMConfig = field(default_factory=LMConfig)
+    perceivers: dict[str, PerceiverConfig] = field(default_factory=dict)
+    connector: ConnectorConfig = field(default_factory=ConnectorConfig)
+    injection: InjectionConfig = field(default_factory=InjectionConfig)
+    text: TextConfig = field(default_factory=TextConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> EPALMConfig:
+        data = dict(data)
+        perceivers = {
+            slot: _build(PerceiverConfig, spec, f"{source}: perceivers.{slot}")
+            for slot, spec in data.pop("perceivers", {}).items()
+        }
+        parts = {
+            f.name: _build(f.type_class, data.pop(f.name), f"{source}: {f.name}")
+            for f in _SECTIONS
+            if f.name in data
+        }
+        if data:
+            raise ValueError(f"{source}: unknown keys {sorted(data)}")
+        return cls(perceivers=perceivers, **parts)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, path: str | Path) -> EPALMConfig:
+        try:
+            data = json.loads(Path(path).read_text())
+        except json.JSONDecodeError as err:
+            raise ValueError(f"{path}: not valid JSON ({err})") from None
+        return cls.from_dict(data, source=str(path))
+
+
+@dataclass
+class _Section:
+    name: str
+    type_class: type
+
+
+_SECTIONS = [
+    _Section("lm", LMConfig),
+    _Section("connector", ConnectorConfig),
+    _Section("injection", InjectionConfig),
+    _Section("text", TextConfig),
+]
+
+
+def _build(cls: type[T], data: Any, where: str) -> T:
+    if isinstance(data, cls):
+        return data
+    if not isinstance(data, dict):
+        raise ValueError(f"{where}: expected a mapping, got {type(data).__name__}")
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {unknown}; known keys are {sorted(known)}")
+    return cls(**data)

@@ -1,0 +1,82 @@
+"""The Perceiver base class: the public way to give epalm a modality.
+
+A perceiver owns three things, in the spirit of HF Perceiver's per-modality preprocessors:
+its preprocessing (raw media -> tensors for one sample), its frozen backbone, and the rule that
+summarises one layer's hidden states into one vector ([CLS] for ViTs, the mean where a backbone
+has no CLS token). The model only ever sees ``forward``'s output: one summary per layer,
+``[batch, num_levels, hidden_size]``, from which the connector keeps the last few levels.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+
+Summary = str  # "cls" | "mean"
+
+
+class Perceiver(nn.Module, ABC):
+    """A frozen unimodal encoder that turns media into per-layer summary vectors.
+
+    Subclasses set ``modality`` and implement ``preprocess`` and ``hidden_states`` (or override
+    ``forward`` when a layer's summary is not a plain token reduction, as the frame-wise video
+    perceiver does). They must also set ``hidden_size`` and ``num_levels``, and return from
+    ``config()`` the keyword arguments that rebuild them, so checkpoints can name them.
+    """
+
+    modality: ClassVar[str] = ""
+    #: The name under which the class is registered (set by ``register_perceiver``).
+    registry_name: ClassVar[str] = ""
+
+    hidden_size: int
+    num_levels: int
+    summary: Summary = "cls"
+
+    # --- what a subclass provides -------------------------------------------------------
+    @abstractmethod
+    def preprocess(self, media: Any, *, train: bool = False) -> dict[str, torch.Tensor]:
+        """Raw media of one sample (array, PIL image, path, ...) -> tensors without batch dim."""
+
+    def hidden_states(self, **inputs: torch.Tensor) -> Sequence[torch.Tensor]:
+        """The hidden states ``[batch, tokens, hidden]`` of every layer, shallow to deep."""
+        raise NotImplementedError(f"{type(self).__name__} must implement hidden_states or forward")
+
+    @abstractmethod
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable keyword arguments that rebuild this perceiver (for checkpoints)."""
+
+    # --- shared behaviour ----------------------------------------------------------------
+    def collate(self, samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """Stack preprocessed samples into a batch (override to pad variable lengths)."""
+        return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
+
+    def summarize(self, hidden: torch.Tensor) -> torch.Tensor:
+        """One layer ``[batch, tokens, hidden]`` -> ``[batch, hidden]``."""
+        if self.summary == "cls":
+            return hidden[:, 0]
+        if self.summary == "mean":
+            return hidden.mean(dim=1)
+        raise ValueError(f"{type(self).__name__}: unknown summary {self.summary!r} (use 'cls' or 'mean')")
+
+    def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
+        """Per-layer summaries ``[batch, num_levels, hidden_size]``, shallow to deep."""
+        return torch.stack([self.summarize(h) for h in self.hidden_states(**inputs)], dim=1)
+
+    def freeze(self) -> Perceiver:
+        """Frozen for good: no gradients, and ``train()`` can never switch dropout back on."""
+        self.requires_grad_(False)
+        return self.eval()
+
+    def train(self, mode: bool = True) -> Perceiver:
+        return super().train(False)
+
+    def encode(self, media: Sequence[Any]) -> torch.Tensor:
+        """Convenience: preprocess, collate and run a list of raw media."""
+        batch = self.collate([self.preprocess(m) for m in media])
+        device = next(self.parameters()).device
+        with torch.no_grad():
+            return self(**{k: v.to(device) for k, v in batch.items()})

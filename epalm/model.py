@@ -1,0 +1,335 @@
+"""EPALM: frozen perceivers + a trainable connector + a frozen decoder LM."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from epalm.config import EPALMConfig
+from epalm.connector import LevelProjection, SoftPrompt
+from epalm.encoders.base import Perceiver
+from epalm.encoders.registry import build_perceiver
+from epalm.injection import Injector, decoder_layers, injection_schedule
+from epalm.text import IGNORE_INDEX, encode_prompts, prepare_tokenizer
+from epalm.zoo import load_model
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+# eP-ALM's evaluation decoding: open-ended beam search, at most 30 new tokens.
+DEFAULT_GENERATION = {"num_beams": 3, "max_new_tokens": 30}
+
+Media = Any  # one raw sample (path, array, PIL image, ...) or a list of them
+
+
+@dataclass
+class ParameterReport:
+    """Trainable vs total parameters, overall and per part."""
+
+    parts: dict[str, tuple[int, int]]  # part -> (trainable, total)
+
+    @property
+    def trainable(self) -> int:
+        return sum(t for t, _ in self.parts.values())
+
+    @property
+    def total(self) -> int:
+        return sum(n for _, n in self.parts.values())
+
+    @property
+    def share(self) -> float:
+        return self.trainable / max(self.total, 1)
+
+    def __str__(self) -> str:
+        lines = [f"trainable {self.trainable:,} of {self.total:,} parameters ({100 * self.share:.3f}%)"]
+        lines += [f"  {name:<24} {t:>14,} trainable of {n:>14,}" for name, (t, n) in self.parts.items()]
+        return "\n".join(lines)
+
+
+class EPALM(nn.Module):
+    """A frozen decoder LM that perceives through frozen encoders and a tiny trained connector."""
+
+    def __init__(
+        self,
+        config: EPALMConfig,
+        *,
+        lm: nn.Module | None = None,
+        tokenizer: PreTrainedTokenizerBase | None = None,
+    ):
+        super().__init__()
+        self.config = config
+        self.lm = lm if lm is not None else _load_lm(config)
+        self.lm.requires_grad_(False).eval()
+        self.tokenizer = prepare_tokenizer(tokenizer if tokenizer is not None else _load_tokenizer(config))
+        self.perceivers = nn.ModuleDict(
+            {slot: build_perceiver(spec.name, **spec.kwargs) for slot, spec in config.perceivers.items()}
+        )
+        c = config.connector
+        for slot, perceiver in self.perceivers.items():
+            _check_levels(slot, perceiver, c.levels)
+        lm_dim = self.lm.config.get_text_config().hidden_size
+        self.connectors = nn.ModuleDict(
+            {
+                slot: LevelProjection(p.hidden_size, lm_dim, c.levels, c.shared)
+                for slot, p in self.perceivers.items()
+            }
+        )
+        embed_dim = self.lm.get_input_embeddings().embedding_dim
+        mlp_hidden = (c.prompt_mlp_hidden or embed_dim) if c.prompt_mlp else None
+        self.prompt = SoftPrompt(c.prompt_tokens, embed_dim, mlp_hidden, c.init_std) if c.prompt_tokens else None
+        schedule = injection_schedule(
+            len(decoder_layers(self.lm)), c.levels, config.injection.first_layer, config.injection.last_layer
+        )
+        self.injector = Injector(self.lm, schedule, len(self.perceivers), c.prompt_tokens)
+
+    # --- state -----------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.lm.get_input_embeddings().weight.device
+
+    def train(self, mode: bool = True) -> EPALM:
+        """Only the connector and prompt switch modes; frozen parts always stay in eval."""
+        super().train(mode)
+        self.lm.eval()
+        self.perceivers.eval()
+        return self
+
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
+
+    def parameter_report(self) -> ParameterReport:
+        parts = {"lm": self.lm, "connectors": self.connectors, "perceivers": self.perceivers}
+        if self.prompt is not None:
+            parts["prompt"] = self.prompt
+        return ParameterReport({name: _count(module) for name, module in parts.items()})
+
+    # --- perception --------------------------------------------------------------------------
+    def preprocess(self, media: Mapping[str, Sequence[Any]], train: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+        """Raw media per slot (a list of samples each) -> batched perceiver inputs."""
+        self._check_slots(media)
+        return {
+            slot: self.perceivers[slot].collate([self.perceivers[slot].preprocess(m, train=train) for m in samples])
+            for slot, samples in media.items()
+        }
+
+    def perceive(
+        self,
+        media: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        features: Mapping[str, torch.Tensor] | None = None,
+    ) -> list[torch.Tensor | None]:
+        """Perceptual tokens ``[batch, levels, lm_dim]`` per slot (None where a slot has no input).
+
+        ``media`` holds preprocessed perceiver inputs; ``features`` holds perceiver outputs
+        ``[batch, levels, encoder_dim]`` computed earlier (a feature cache), which win when both
+        are given.
+        """
+        media, features = media or {}, features or {}
+        self._check_slots({**media, **features})
+        tokens = []
+        for slot, perceiver in self.perceivers.items():
+            feats = features.get(slot)
+            if feats is None and slot in media:
+                with torch.no_grad():
+                    feats = perceiver(**{k: v.to(self.device) for k, v in media[slot].items()})
+            connector = self.connectors[slot]
+            tokens.append(None if feats is None else connector(feats[:, -connector.levels :].float().to(self.device)))
+        return tokens
+
+    def _check_slots(self, given: Mapping[str, Any]) -> None:
+        unknown = sorted(set(given) - set(self.perceivers))
+        if unknown:
+            raise KeyError(f"no perceiver for {unknown}; this model perceives {sorted(self.perceivers)}")
+
+    # --- the LM with its prefix -------------------------------------------------------------------
+    def _with_prefix(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tokens: list[torch.Tensor | None]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        batch, device = input_ids.shape[0], input_ids.device
+        for slot, t in zip(self.perceivers, tokens):
+            if t is not None and t.shape[0] != batch:
+                raise ValueError(f"slot {slot!r} has {t.shape[0]} samples of perception for {batch} texts")
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        slot_mask = torch.tensor([t is not None for t in tokens], dtype=attention_mask.dtype, device=device)
+        prefix_mask = torch.cat(
+            [slot_mask.expand(batch, -1), attention_mask.new_ones(batch, self.injector.prompt_tokens)], dim=1
+        )
+        prefix_ids = input_ids.new_full((batch, self.injector.prefix_length), self.tokenizer.pad_token_id)
+        return torch.cat([prefix_ids, input_ids], dim=1), torch.cat([prefix_mask, attention_mask], dim=1)
+
+    def _soft_prompt(self) -> torch.Tensor | None:
+        return None if self.prompt is None else self.prompt()
+
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        media: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        features: Mapping[str, torch.Tensor] | None = None,
+        **lm_kwargs: Any,
+    ) -> CausalLMOutputWithPast:
+        """The LM's output on ``input_ids`` (text only; logits align with it), loss on ``labels``."""
+        tokens = self.perceive(media, features)
+        ids, mask = self._with_prefix(input_ids, attention_mask, tokens)
+        if labels is not None:
+            labels = torch.cat([labels.new_full((labels.shape[0], self.injector.prefix_length), IGNORE_INDEX), labels], 1)
+        # Positions as HF's generate derives them, so training and generation agree.
+        positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+        lm_kwargs.setdefault("use_cache", False)
+        with self.injector.inject(tokens, self._soft_prompt()):
+            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels, **lm_kwargs)
+        out.logits = out.logits[:, self.injector.prefix_length :]
+        return out
+
+    @torch.no_grad()
+    def generate(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        media: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        features: Mapping[str, torch.Tensor] | None = None,
+        **generate_kwargs: Any,
+    ) -> Any:
+        """New token ids after left-padded prompts, by the LM's own ``generate`` (any decoding).
+
+        Returns a tensor, or HF's generate output (its ``sequences`` cut to the new tokens) when
+        ``return_dict_in_generate=True``.
+        """
+        tokens = self.perceive(media, features)
+        ids, mask = self._with_prefix(input_ids, attention_mask, tokens)
+        options = {
+            "do_sample": False,
+            "max_new_tokens": DEFAULT_GENERATION["max_new_tokens"],
+            "pad_token_id": self.tokenizer.pad_token_id,
+            "eos_token_id": self.tokenizer.eos_token_id,
+            **generate_kwargs,
+        }
+        with self.injector.inject(tokens, self._soft_prompt()):
+            out = self.lm.generate(input_ids=ids, attention_mask=mask, **options)
+        if isinstance(out, torch.Tensor):
+            return out[:, ids.shape[1] :]
+        out.sequences = out.sequences[:, ids.shape[1] :]
+        return out
+
+    # --- convenience ---------------------------------------------------------------------------
+    def caption(self, media: Media | Mapping[str, Media], **generate_kwargs: Any) -> str | list[str]:
+        """Caption one sample (or a list of samples) of raw media."""
+        batch, single = self._as_batch(media)
+        prompts = [self.config.text.caption_prompt] * _batch_size(batch)
+        texts = self._respond(batch, prompts, generate_kwargs)
+        return texts[0] if single else texts
+
+    def answer(
+        self, media: Media | Mapping[str, Media], question: str | Sequence[str], **generate_kwargs: Any
+    ) -> str | list[str]:
+        """Answer a question about one sample (or one question per sample of a list)."""
+        batch, single = self._as_batch(media)
+        questions = [question] * _batch_size(batch) if isinstance(question, str) else list(question)
+        prompts = [self.config.text.vqa_prompt.format(question=q) for q in questions]
+        texts = self._respond(batch, prompts, generate_kwargs)
+        return texts[0] if single else texts
+
+    def _as_batch(self, media: Media | Mapping[str, Media]) -> tuple[dict[str, list[Any]], bool]:
+        """``media`` for the only slot, or a dict per slot; a list is a batch, anything else one sample."""
+        if not isinstance(media, Mapping):
+            if len(self.perceivers) != 1:
+                raise ValueError(f"this model perceives {sorted(self.perceivers)}: pass media as a dict by slot")
+            media = {next(iter(self.perceivers)): media}
+        single = not any(isinstance(m, list | tuple) for m in media.values())
+        return {slot: list(m) if isinstance(m, list | tuple) else [m] for slot, m in media.items()}, single
+
+    def _respond(self, batch: dict[str, list[Any]], prompts: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
+        text = {k: v.to(self.device) for k, v in encode_prompts(self.tokenizer, prompts).items()}
+        new = self.generate(**text, media=self.preprocess(batch), **{**DEFAULT_GENERATION, **generate_kwargs})
+        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
+
+    # --- checkpoints ------------------------------------------------------------------------------
+    def save_pretrained(self, directory: str | os.PathLike) -> None:
+        """Write the trained weights (safetensors), config.json and the tokenizer, each atomically."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        weights = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
+        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(weights, p, metadata={"format": "pt"}))
+        config_text = json.dumps(self.config.to_dict(), indent=2) + "\n"
+        _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(config_text))
+        with tempfile.TemporaryDirectory(dir=directory) as staging:
+            for name in self.tokenizer.save_pretrained(staging):
+                os.replace(name, directory / Path(name).name)
+
+    @classmethod
+    def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> EPALM:
+        """Rebuild a model saved by ``save_pretrained``: frozen parts from their sources, trained weights from the file."""
+        directory = Path(directory)
+        for required in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / required).is_file():
+                raise FileNotFoundError(f"{directory} is not an epalm checkpoint: {required} is missing")
+        config = EPALMConfig.load(directory / CONFIG_NAME)
+        if "tokenizer" not in kwargs and (directory / "tokenizer_config.json").is_file():
+            kwargs["tokenizer"] = AutoTokenizer.from_pretrained(directory)
+        model = cls(config, **kwargs)
+        model.load_trained(directory / WEIGHTS_NAME)
+        return model
+
+    def load_trained(self, path: str | os.PathLike) -> None:
+        """Load trained weights, insisting they are exactly this model's trainable tensors."""
+        weights = load_file(str(path), device=str(self.device))
+        expected = set(self.trainable_state_dict())
+        missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
+        if missing or unexpected:
+            raise ValueError(f"{path}: does not fit this model (missing {missing}, unexpected {unexpected})")
+        self.load_state_dict(weights, strict=False)
+
+
+def _load_lm(config: EPALMConfig) -> nn.Module:
+    lm = config.lm
+    return load_model(AutoModelForCausalLM, lm.model, lm.model_config, lm.seed, dtype=getattr(torch, lm.dtype))
+
+
+def _load_tokenizer(config: EPALMConfig) -> PreTrainedTokenizerBase:
+    name = config.lm.tokenizer or config.lm.model
+    if name is None:
+        raise ValueError("the LM is built from model_config: name a tokenizer in lm.tokenizer or pass tokenizer=")
+    return AutoTokenizer.from_pretrained(name)
+
+
+def _check_levels(slot: str, perceiver: Perceiver, levels: int) -> None:
+    if levels > perceiver.num_levels:
+        raise ValueError(
+            f"connector.levels={levels} but perceiver {slot!r} ({type(perceiver).__name__}) has only "
+            f"{perceiver.num_levels} levels; lower connector.levels"
+        )
+
+
+def _count(module: nn.Module) -> tuple[int, int]:
+    params = list(module.parameters())
+    return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
+
+
+def _batch_size(batch: Mapping[str, list[Any]]) -> int:
+    sizes = {len(v) for v in batch.values()}
+    if len(sizes) != 1:
+        raise ValueError(f"every slot needs the same number of samples, got {sorted(sizes)}")
+    return sizes.pop()
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    """Write through a temporary file in the same directory, then rename over the target."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

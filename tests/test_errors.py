@@ -1,0 +1,67 @@
+"""Bad configuration gets a clear error that says what is wrong and how to fix it."""
+
+import pytest
+
+from epalm import EPALM, EPALMConfig
+from epalm.config import LMConfig
+from epalm.testing import tiny_config, tiny_tokenizer
+
+
+def build(config):
+    return EPALM(config, tokenizer=tiny_tokenizer())
+
+
+def test_unknown_perceiver_name_suggests_close_ones():
+    config = tiny_config()
+    config.perceivers["image"].name = "imagee"
+    with pytest.raises(KeyError, match=r"unknown perceiver 'imagee'.*Did you mean 'image'"):
+        build(config)
+
+
+def test_unknown_lm_architecture_says_how_to_add_it():
+    config = tiny_config()
+    config.lm = LMConfig(model_config={"model_type": "bloom", "vocab_size": 260, "hidden_size": 32, "n_layer": 4, "n_head": 4})
+    with pytest.raises(ValueError, match=r"register_decoder_layers\('bloom', 'model.layers'\)"):
+        build(config)
+
+
+@pytest.mark.parametrize(("first", "last"), [(2, 9), (-1, 2), (3, 1)])
+def test_injection_layers_out_of_range(first, last):
+    config = tiny_config()
+    config.injection.first_layer, config.injection.last_layer = first, last
+    with pytest.raises(ValueError, match=r"out of range for an LM with 4 layers"):
+        build(config)
+
+
+def test_more_levels_than_the_encoder_has():
+    config = tiny_config(levels=5)
+    with pytest.raises(ValueError, match=r"connector.levels=5 but perceiver 'image' .* has only 4 levels"):
+        build(config)
+
+
+def test_more_levels_than_injection_layers():
+    config = tiny_config(levels=3)
+    config.injection.first_layer = 2
+    with pytest.raises(ValueError, match=r"3 encoder levels cannot be spread over 2 injection layers"):
+        build(config)
+
+
+def test_unknown_config_keys_are_named():
+    with pytest.raises(ValueError, match=r"connector: unknown keys \['level'\]"):
+        EPALMConfig.from_dict({"connector": {"level": 3}})
+
+
+def test_lm_without_a_tokenizer_name():
+    with pytest.raises(ValueError, match="name a tokenizer"):
+        EPALM(tiny_config())
+
+
+def test_media_for_a_slot_the_model_lacks():
+    model = build(tiny_config())
+    with pytest.raises(KeyError, match=r"no perceiver for \['audio'\]"):
+        model.preprocess({"audio": [None]})
+
+
+def test_not_a_checkpoint(tmp_path):
+    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+        EPALM.from_pretrained(tmp_path)

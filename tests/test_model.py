@@ -1,0 +1,190 @@
+"""The core: frozen perceivers + trainable connector + frozen decoder LM, on tiny random models."""
+
+import pytest
+import torch
+from conftest import media_batch
+
+from epalm.testing import TINY_LM_KINDS, tiny_model
+from epalm.text import encode_prompts, encode_training
+
+MODALITIES = ("image", "video", "audio")
+CORE_LMS = ("opt", "gpt2", "llama")
+
+
+def training_batch(model, size=2):
+    captions = ["a red square", "two blue dots moving left"][:size]
+    return encode_training(model.tokenizer, ["", "Question: what is it? Answer:"][:size], captions)
+
+
+def frozen_state(model):
+    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("lm.", "perceivers."))}
+
+
+@pytest.mark.parametrize("modality", MODALITIES)
+@pytest.mark.parametrize("lm", CORE_LMS)
+def test_training_lowers_loss_and_touches_only_the_connector(lm, modality):
+    model = tiny_model(lm, [modality]).train()
+    batch, media = training_batch(model), media_batch(model, [modality])
+    before = frozen_state(model)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+
+    losses = []
+    for _ in range(5):
+        optimizer.zero_grad()
+        loss = model(**batch, media=media).loss
+        loss.backward()
+        with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        assert with_grad == set(model.trainable_state_dict())
+        assert all(n.startswith(("connectors.", "prompt.")) for n in with_grad)
+        optimizer.step()
+        losses.append(loss.item())
+
+    # Random tiny LMs are near-uniform (loss ~ ln 260), so the prefix can only move it a little.
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0] - 0.02, losses
+    after = frozen_state(model)
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not model.lm.training and not any(p.training for p in model.perceivers.values())
+
+
+def test_frozen_parts_stay_in_eval_mode_so_dropout_never_fires():
+    model = tiny_model("opt").train()  # the tiny OPT has dropout 0.1
+    batch, media = training_batch(model), media_batch(model, ["image"])
+    assert model.lm.config.dropout > 0 and model.connectors.training
+    torch.testing.assert_close(model(**batch, media=media).logits, model(**batch, media=media).logits, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("lm", TINY_LM_KINDS)
+def test_logits_never_see_future_text(lm):
+    model = tiny_model(lm, ["image"]).eval()
+    media = media_batch(model, ["image"], size=1)
+    ids = torch.randint(3, 200, (1, 12))
+    t = 6
+    changed = ids.clone()
+    changed[:, t + 1 :] = torch.randint(3, 200, (1, 12 - t - 1))
+    with torch.no_grad():
+        a, b = model(ids, media=media).logits, model(changed, media=media).logits
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
+
+
+@pytest.mark.parametrize("lm", TINY_LM_KINDS)
+def test_perception_reaches_the_text(lm):
+    model = tiny_model(lm, ["image"]).eval()
+    ids = encode_training(model.tokenizer, [""], ["a caption"])["input_ids"]
+    media = media_batch(model, ["image"], size=2)
+    with torch.no_grad():
+        logits = model(ids.expand(2, -1), media=media).logits
+        blind = model(ids, media=None).logits
+    assert not torch.allclose(logits[0], logits[1], atol=1e-4)  # different images, different logits
+    assert not torch.allclose(logits[:1], blind, atol=1e-4)
+    assert torch.isfinite(blind).all()
+
+
+def test_each_injection_layer_receives_its_scheduled_level():
+    model = tiny_model("llama", ["image", "audio"]).eval()
+    media = media_batch(model, ["image", "audio"], size=2)
+    tokens = model.perceive(media)
+    seen = {}
+    layers = model.lm.model.layers
+    hooks = [
+        layers[i].register_forward_pre_hook(lambda m, args, kw, i=i: seen.__setitem__(i, args[0][:, :2].clone()), with_kwargs=True)
+        for i in range(len(layers))
+    ]
+    ids = torch.randint(3, 200, (2, 5))
+    with torch.no_grad():
+        model(ids, media=media)
+    for hook in hooks:
+        hook.remove()
+    schedule = model.injector.schedule
+    assert schedule == {1: 0, 2: 0, 3: 1}
+    for layer, level in schedule.items():
+        for slot, slot_tokens in enumerate(tokens):
+            torch.testing.assert_close(seen[layer][:, slot], slot_tokens[:, level])
+    assert not torch.allclose(seen[0][:, 0], tokens[0][:, 0])  # before injection: the placeholder
+
+
+@pytest.mark.parametrize("lm", TINY_LM_KINDS)
+def test_generation_with_and_without_cache_agree(lm):
+    model = tiny_model(lm, ["image"]).eval()
+    prompts = encode_prompts(model.tokenizer, ["Question: what? Answer:", "Hi"])
+    media = media_batch(model, ["image"], size=2)
+    cached = model.generate(**prompts, media=media, max_new_tokens=8, use_cache=True)
+    uncached = model.generate(**prompts, media=media, max_new_tokens=8, use_cache=False)
+    assert cached.shape == (2, 8)
+    assert torch.equal(cached, uncached)
+
+
+def test_left_padded_batch_generates_what_each_sample_does_alone():
+    model = tiny_model("llama", ["image"]).eval()
+    texts = ["Question: what colour is it? Answer:", "Hi"]
+    media = media_batch(model, ["image"], size=2)
+    together = model.generate(**encode_prompts(model.tokenizer, texts), media=media, max_new_tokens=6)
+    for i, text in enumerate(texts):
+        alone_media = {"image": {k: v[i : i + 1] for k, v in media["image"].items()}}
+        alone = model.generate(**encode_prompts(model.tokenizer, [text]), media=alone_media, max_new_tokens=6)
+        n = alone.shape[1]  # a sample that stopped early is padded in the batch
+        assert torch.equal(together[i, :n], alone[0])
+        assert (together[i, n:] == model.tokenizer.pad_token_id).all()
+
+
+def test_beam_search_scores_match_a_teacher_forced_rescoring():
+    """Beam search expands each sample's perception to its beams and reorders the cache."""
+    model = tiny_model("gpt2", ["image"]).eval()
+    prompts = encode_prompts(model.tokenizer, ["a", "bcd"])
+    media = media_batch(model, ["image"], size=2)
+    out = model.generate(
+        **prompts, media=media, max_new_tokens=5, num_beams=3, num_return_sequences=3,
+        length_penalty=0.0, return_dict_in_generate=True, output_scores=True,
+    )
+    assert out.sequences.shape[0] == 6
+    eos = model.tokenizer.eos_token_id
+    for row, (beam, score) in enumerate(zip(out.sequences, out.sequences_scores)):
+        sample = row // 3
+        ends = (beam == eos).nonzero()
+        beam = beam[: ends[0, 0] + 1] if len(ends) else beam
+        ids = torch.cat([prompts["input_ids"][sample], beam])[None]
+        mask = torch.cat([prompts["attention_mask"][sample], torch.ones_like(beam)])[None]
+        one = {"image": {k: v[sample : sample + 1] for k, v in media["image"].items()}}
+        with torch.no_grad():
+            logits = model(ids, attention_mask=mask, media=one).logits[0, -len(beam) - 1 : -1]
+        rescored = logits.log_softmax(-1).gather(1, beam[:, None]).sum()
+        torch.testing.assert_close(rescored, score, atol=1e-4, rtol=1e-4)
+
+
+def test_caption_and_answer_take_raw_media():
+    from epalm.testing.perceivers import sample_media
+
+    model = tiny_model("llama", ["image"]).eval()
+    caption = model.caption(sample_media("image", 0), max_new_tokens=4)
+    answers = model.answer([sample_media("image", 0), sample_media("image", 1)], "what is it?", max_new_tokens=4)
+    assert isinstance(caption, str) and isinstance(answers, list) and len(answers) == 2
+
+
+def test_save_and_load_give_identical_logits_and_hold_only_trained_tensors(tmp_path):
+    from safetensors import safe_open
+
+    from epalm import EPALM
+
+    model = tiny_model("opt", ["image", "audio"], prompt_mlp=True).eval()
+    for p in model.trainable_state_dict().values():
+        p.add_(torch.randn_like(p) * 0.1)  # trained weights differ from a fresh init
+    model.save_pretrained(tmp_path)
+    with safe_open(tmp_path / "model.safetensors", "pt") as f:
+        saved = set(f.keys())
+    assert saved == set(model.trainable_state_dict())
+    assert all(k.startswith(("connectors.", "prompt.")) for k in saved)
+
+    reloaded = EPALM.from_pretrained(tmp_path).eval()
+    batch, media = training_batch(model), media_batch(model, ["image", "audio"])
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded(**batch, media=media).logits, model(**batch, media=media).logits, rtol=0, atol=0)
+
+
+def test_loss_covers_the_target_only_unless_asked():
+    model = tiny_model("llama")
+    plain = encode_training(model.tokenizer, ["Question: why? Answer:"], ["because"])
+    prompt_len = len(model.tokenizer("Question: why? Answer:")["input_ids"])
+    assert (plain["labels"][0, :prompt_len] == -100).all()
+    assert plain["labels"][0, -1] == model.tokenizer.eos_token_id
+    with_prompt = encode_training(model.tokenizer, ["Question: why? Answer:"], ["because"], loss_on_prompt=True)
+    assert (with_prompt["labels"] == with_prompt["input_ids"]).all()
