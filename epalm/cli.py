@@ -28,8 +28,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="epalm", description=__doc__)
     parser.add_argument("--version", action="version", version=f"epalm {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
-    commands.add_parser("info", help="list the registered perceivers and LM architectures").set_defaults(run=_info)
-    commands.add_parser("train", help="train a connector (coming with the training release)").set_defaults(run=_train)
+    commands.add_parser(
+        "info", help="list the registered perceivers and LM architectures"
+    ).set_defaults(run=_info)
+    commands.add_parser(
+        "train", help="train a connector (coming with the training release)"
+    ).set_defaults(run=_train)
     args = parser.parse_args(argv)
     return args.run(args)
 

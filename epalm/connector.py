@@ -25,7 +25,9 @@ class LevelProjection(nn.Module):
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         if features.shape[1] != self.levels:
-            raise ValueError(f"expected {self.levels} levels of features, got shape {tuple(features.shape)}")
+            raise ValueError(
+                f"expected {self.levels} levels of features, got shape {tuple(features.shape)}"
+            )
         if self.shared:
             return self.projections[0](features)
         return torch.stack([proj(features[:, i]) for i, proj in enumerate(self.projections)], dim=1)
@@ -50,7 +52,9 @@ class SoftPrompt(nn.Module):
         nn.init.normal_(self.embedding.weight, std=init_std)
         self.mlp = None
         if mlp_hidden is not None:
-            self.mlp = nn.Sequential(nn.Linear(dim, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, dim))
+            self.mlp = nn.Sequential(
+                nn.Linear(dim, mlp_hidden), nn.Tanh(), nn.Linear(mlp_hidden, dim)
+            )
 
     def forward(self) -> torch.Tensor:
         """The prompt embeddings ``[num_tokens, dim]``."""

@@ -69,9 +69,13 @@ def decoder_layers(lm: nn.Module) -> nn.ModuleList:
     try:
         layers = operator.attrgetter(path)(lm)
     except AttributeError:
-        raise ValueError(f"{type(lm).__name__} has no attribute {path!r} (decoder layers of {model_type!r})") from None
+        raise ValueError(
+            f"{type(lm).__name__} has no attribute {path!r} (decoder layers of {model_type!r})"
+        ) from None
     if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"{type(lm).__name__}.{path} is a {type(layers).__name__}, not an nn.ModuleList")
+        raise ValueError(
+            f"{type(lm).__name__}.{path} is a {type(layers).__name__}, not an nn.ModuleList"
+        )
     return layers
 
 
@@ -119,7 +123,9 @@ class Injector:
             lm.register_forward_pre_hook(self._see_cache, with_kwargs=True),
             lm.get_input_embeddings().register_forward_hook(self._embed_prefix),
             *(
-                layers[index].register_forward_pre_hook(self._make_layer_hook(level), with_kwargs=True)
+                layers[index].register_forward_pre_hook(
+                    self._make_layer_hook(level), with_kwargs=True
+                )
                 for index, level in self.schedule.items()
             ),
         ]
@@ -152,10 +158,14 @@ class Injector:
         cache = kwargs.get("past_key_values")
         past = cache.get_seq_length() if cache is not None else 0
         if 0 < past < self.prefix_length:
-            raise RuntimeError(f"cache holds {past} positions, fewer than the {self.prefix_length}-token prefix")
+            raise RuntimeError(
+                f"cache holds {past} positions, fewer than the {self.prefix_length}-token prefix"
+            )
         self._active.at_start = past == 0
 
-    def _embed_prefix(self, module: nn.Module, args: tuple, embeds: torch.Tensor) -> torch.Tensor | None:
+    def _embed_prefix(
+        self, module: nn.Module, args: tuple, embeds: torch.Tensor
+    ) -> torch.Tensor | None:
         active = self._active
         if active is None or not active.at_start:
             return None
@@ -184,7 +194,9 @@ class Injector:
         self, hidden: torch.Tensor, slot_tokens: Sequence[torch.Tensor | None], level: int
     ) -> torch.Tensor:
         slots = [
-            hidden[:, i : i + 1] if tokens is None else _match_batch(tokens[:, level : level + 1], hidden)
+            hidden[:, i : i + 1]
+            if tokens is None
+            else _match_batch(tokens[:, level : level + 1], hidden)
             for i, tokens in enumerate(slot_tokens)
         ]
         return torch.cat([*slots, hidden[:, self.num_slots :]], dim=1)
@@ -194,5 +206,7 @@ def _match_batch(tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:
     """Cast to the LM's dtype and repeat for beam search, which expands each sample in place."""
     repeats, rest = divmod(hidden.shape[0], tokens.shape[0])
     if rest:
-        raise RuntimeError(f"LM batch {hidden.shape[0]} is not a multiple of the perception batch {tokens.shape[0]}")
+        raise RuntimeError(
+            f"LM batch {hidden.shape[0]} is not a multiple of the perception batch {tokens.shape[0]}"
+        )
     return tokens.to(hidden.dtype).repeat_interleave(repeats, dim=0)

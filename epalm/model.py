@@ -51,8 +51,12 @@ class ParameterReport:
         return self.trainable / max(self.total, 1)
 
     def __str__(self) -> str:
-        lines = [f"trainable {self.trainable:,} of {self.total:,} parameters ({100 * self.share:.3f}%)"]
-        lines += [f"  {name:<24} {t:>14,} trainable of {n:>14,}" for name, (t, n) in self.parts.items()]
+        lines = [
+            f"trainable {self.trainable:,} of {self.total:,} parameters ({100 * self.share:.3f}%)"
+        ]
+        lines += [
+            f"  {name:<24} {t:>14,} trainable of {n:>14,}" for name, (t, n) in self.parts.items()
+        ]
         return "\n".join(lines)
 
 
@@ -70,9 +74,14 @@ class EPALM(nn.Module):
         self.config = config
         self.lm = lm if lm is not None else _load_lm(config)
         self.lm.requires_grad_(False).eval()
-        self.tokenizer = prepare_tokenizer(tokenizer if tokenizer is not None else _load_tokenizer(config))
+        self.tokenizer = prepare_tokenizer(
+            tokenizer if tokenizer is not None else _load_tokenizer(config)
+        )
         self.perceivers = nn.ModuleDict(
-            {slot: build_perceiver(spec.name, **spec.kwargs) for slot, spec in config.perceivers.items()}
+            {
+                slot: build_perceiver(spec.name, **spec.kwargs)
+                for slot, spec in config.perceivers.items()
+            }
         )
         c = config.connector
         for slot, perceiver in self.perceivers.items():
@@ -86,9 +95,16 @@ class EPALM(nn.Module):
         )
         embed_dim = self.lm.get_input_embeddings().embedding_dim
         mlp_hidden = (c.prompt_mlp_hidden or embed_dim) if c.prompt_mlp else None
-        self.prompt = SoftPrompt(c.prompt_tokens, embed_dim, mlp_hidden, c.init_std) if c.prompt_tokens else None
+        self.prompt = (
+            SoftPrompt(c.prompt_tokens, embed_dim, mlp_hidden, c.init_std)
+            if c.prompt_tokens
+            else None
+        )
         schedule = injection_schedule(
-            len(decoder_layers(self.lm)), c.levels, config.injection.first_layer, config.injection.last_layer
+            len(decoder_layers(self.lm)),
+            c.levels,
+            config.injection.first_layer,
+            config.injection.last_layer,
         )
         self.injector = Injector(self.lm, schedule, len(self.perceivers), c.prompt_tokens)
 
@@ -114,11 +130,15 @@ class EPALM(nn.Module):
         return ParameterReport({name: _count(module) for name, module in parts.items()})
 
     # --- perception --------------------------------------------------------------------------
-    def preprocess(self, media: Mapping[str, Sequence[Any]], train: bool = False) -> dict[str, dict[str, torch.Tensor]]:
+    def preprocess(
+        self, media: Mapping[str, Sequence[Any]], train: bool = False
+    ) -> dict[str, dict[str, torch.Tensor]]:
         """Raw media per slot (a list of samples each) -> batched perceiver inputs."""
         self._check_slots(media)
         return {
-            slot: self.perceivers[slot].collate([self.perceivers[slot].preprocess(m, train=train) for m in samples])
+            slot: self.perceivers[slot].collate(
+                [self.perceivers[slot].preprocess(m, train=train) for m in samples]
+            )
             for slot, samples in media.items()
         }
 
@@ -142,30 +162,51 @@ class EPALM(nn.Module):
                 with torch.no_grad():
                     feats = perceiver(**{k: v.to(self.device) for k, v in media[slot].items()})
             connector = self.connectors[slot]
-            tokens.append(None if feats is None else connector(feats[:, -connector.levels :].float().to(self.device)))
+            tokens.append(
+                None
+                if feats is None
+                else connector(feats[:, -connector.levels :].float().to(self.device))
+            )
         return tokens
 
     def _check_slots(self, given: Mapping[str, Any]) -> None:
         unknown = sorted(set(given) - set(self.perceivers))
         if unknown:
-            raise KeyError(f"no perceiver for {unknown}; this model perceives {sorted(self.perceivers)}")
+            raise KeyError(
+                f"no perceiver for {unknown}; this model perceives {sorted(self.perceivers)}"
+            )
 
     # --- the LM with its prefix -------------------------------------------------------------------
     def _with_prefix(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, tokens: list[torch.Tensor | None]
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        tokens: list[torch.Tensor | None],
     ) -> tuple[torch.Tensor, torch.Tensor]:
         batch, device = input_ids.shape[0], input_ids.device
         for slot, t in zip(self.perceivers, tokens):
             if t is not None and t.shape[0] != batch:
-                raise ValueError(f"slot {slot!r} has {t.shape[0]} samples of perception for {batch} texts")
+                raise ValueError(
+                    f"slot {slot!r} has {t.shape[0]} samples of perception for {batch} texts"
+                )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        slot_mask = torch.tensor([t is not None for t in tokens], dtype=attention_mask.dtype, device=device)
-        prefix_mask = torch.cat(
-            [slot_mask.expand(batch, -1), attention_mask.new_ones(batch, self.injector.prompt_tokens)], dim=1
+        slot_mask = torch.tensor(
+            [t is not None for t in tokens], dtype=attention_mask.dtype, device=device
         )
-        prefix_ids = input_ids.new_full((batch, self.injector.prefix_length), self.tokenizer.pad_token_id)
-        return torch.cat([prefix_ids, input_ids], dim=1), torch.cat([prefix_mask, attention_mask], dim=1)
+        prefix_mask = torch.cat(
+            [
+                slot_mask.expand(batch, -1),
+                attention_mask.new_ones(batch, self.injector.prompt_tokens),
+            ],
+            dim=1,
+        )
+        prefix_ids = input_ids.new_full(
+            (batch, self.injector.prefix_length), self.tokenizer.pad_token_id
+        )
+        return torch.cat([prefix_ids, input_ids], dim=1), torch.cat(
+            [prefix_mask, attention_mask], dim=1
+        )
 
     def _soft_prompt(self) -> torch.Tensor | None:
         return None if self.prompt is None else self.prompt()
@@ -183,12 +224,24 @@ class EPALM(nn.Module):
         tokens = self.perceive(media, features)
         ids, mask = self._with_prefix(input_ids, attention_mask, tokens)
         if labels is not None:
-            labels = torch.cat([labels.new_full((labels.shape[0], self.injector.prefix_length), IGNORE_INDEX), labels], 1)
+            labels = torch.cat(
+                [
+                    labels.new_full((labels.shape[0], self.injector.prefix_length), IGNORE_INDEX),
+                    labels,
+                ],
+                1,
+            )
         # Positions as HF's generate derives them, so training and generation agree.
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         lm_kwargs.setdefault("use_cache", False)
         with self.injector.inject(tokens, self._soft_prompt()):
-            out = self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, labels=labels, **lm_kwargs)
+            out = self.lm(
+                input_ids=ids,
+                attention_mask=mask,
+                position_ids=positions,
+                labels=labels,
+                **lm_kwargs,
+            )
         out.logits = out.logits[:, self.injector.prefix_length :]
         return out
 
@@ -223,7 +276,9 @@ class EPALM(nn.Module):
         return out
 
     # --- convenience ---------------------------------------------------------------------------
-    def caption(self, media: Media | Mapping[str, Media], **generate_kwargs: Any) -> str | list[str]:
+    def caption(
+        self, media: Media | Mapping[str, Media], **generate_kwargs: Any
+    ) -> str | list[str]:
         """Caption one sample (or a list of samples) of raw media."""
         batch, single = self._as_batch(media)
         prompts = [self.config.text.caption_prompt] * _batch_size(batch)
@@ -231,7 +286,10 @@ class EPALM(nn.Module):
         return texts[0] if single else texts
 
     def answer(
-        self, media: Media | Mapping[str, Media], question: str | Sequence[str], **generate_kwargs: Any
+        self,
+        media: Media | Mapping[str, Media],
+        question: str | Sequence[str],
+        **generate_kwargs: Any,
     ) -> str | list[str]:
         """Answer a question about one sample (or one question per sample of a list)."""
         batch, single = self._as_batch(media)
@@ -244,14 +302,22 @@ class EPALM(nn.Module):
         """``media`` for the only slot, or a dict per slot; a list is a batch, anything else one sample."""
         if not isinstance(media, Mapping):
             if len(self.perceivers) != 1:
-                raise ValueError(f"this model perceives {sorted(self.perceivers)}: pass media as a dict by slot")
+                raise ValueError(
+                    f"this model perceives {sorted(self.perceivers)}: pass media as a dict by slot"
+                )
             media = {next(iter(self.perceivers)): media}
         single = not any(isinstance(m, list | tuple) for m in media.values())
-        return {slot: list(m) if isinstance(m, list | tuple) else [m] for slot, m in media.items()}, single
+        return {
+            slot: list(m) if isinstance(m, list | tuple) else [m] for slot, m in media.items()
+        }, single
 
-    def _respond(self, batch: dict[str, list[Any]], prompts: list[str], generate_kwargs: dict[str, Any]) -> list[str]:
+    def _respond(
+        self, batch: dict[str, list[Any]], prompts: list[str], generate_kwargs: dict[str, Any]
+    ) -> list[str]:
         text = {k: v.to(self.device) for k, v in encode_prompts(self.tokenizer, prompts).items()}
-        new = self.generate(**text, media=self.preprocess(batch), **{**DEFAULT_GENERATION, **generate_kwargs})
+        new = self.generate(
+            **text, media=self.preprocess(batch), **{**DEFAULT_GENERATION, **generate_kwargs}
+        )
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     # --- checkpoints ------------------------------------------------------------------------------
@@ -260,7 +326,9 @@ class EPALM(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         weights = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
-        _atomic_write(directory / WEIGHTS_NAME, lambda p: save_file(weights, p, metadata={"format": "pt"}))
+        _atomic_write(
+            directory / WEIGHTS_NAME, lambda p: save_file(weights, p, metadata={"format": "pt"})
+        )
         config_text = json.dumps(self.config.to_dict(), indent=2) + "\n"
         _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(config_text))
         with tempfile.TemporaryDirectory(dir=directory) as staging:
@@ -273,7 +341,9 @@ class EPALM(nn.Module):
         directory = Path(directory)
         for required in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / required).is_file():
-                raise FileNotFoundError(f"{directory} is not an epalm checkpoint: {required} is missing")
+                raise FileNotFoundError(
+                    f"{directory} is not an epalm checkpoint: {required} is missing"
+                )
         config = EPALMConfig.load(directory / CONFIG_NAME)
         if "tokenizer" not in kwargs and (directory / "tokenizer_config.json").is_file():
             kwargs["tokenizer"] = AutoTokenizer.from_pretrained(directory)
@@ -287,19 +357,25 @@ class EPALM(nn.Module):
         expected = set(self.trainable_state_dict())
         missing, unexpected = sorted(expected - set(weights)), sorted(set(weights) - expected)
         if missing or unexpected:
-            raise ValueError(f"{path}: does not fit this model (missing {missing}, unexpected {unexpected})")
+            raise ValueError(
+                f"{path}: does not fit this model (missing {missing}, unexpected {unexpected})"
+            )
         self.load_state_dict(weights, strict=False)
 
 
 def _load_lm(config: EPALMConfig) -> nn.Module:
     lm = config.lm
-    return load_model(AutoModelForCausalLM, lm.model, lm.model_config, lm.seed, dtype=getattr(torch, lm.dtype))
+    return load_model(
+        AutoModelForCausalLM, lm.model, lm.model_config, lm.seed, dtype=getattr(torch, lm.dtype)
+    )
 
 
 def _load_tokenizer(config: EPALMConfig) -> PreTrainedTokenizerBase:
     name = config.lm.tokenizer or config.lm.model
     if name is None:
-        raise ValueError("the LM is built from model_config: name a tokenizer in lm.tokenizer or pass tokenizer=")
+        raise ValueError(
+            "the LM is built from model_config: name a tokenizer in lm.tokenizer or pass tokenizer="
+        )
     return AutoTokenizer.from_pretrained(name)
 
 

@@ -17,7 +17,9 @@ IGNORE_INDEX = -100
 def prepare_tokenizer(tokenizer: PreTrainedTokenizerBase) -> PreTrainedTokenizerBase:
     """Ensure a pad token (the eos token where the LM has none); the vocabulary never grows."""
     if tokenizer.eos_token_id is None:
-        raise ValueError(f"tokenizer {type(tokenizer).__name__} has no eos token; epalm needs one to end targets")
+        raise ValueError(
+            f"tokenizer {type(tokenizer).__name__} has no eos token; epalm needs one to end targets"
+        )
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -34,11 +36,15 @@ def _target_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, target: str) ->
 
 def _pad(rows: Sequence[list[int]], value: int, left: bool) -> torch.Tensor:
     width = max((len(r) for r in rows), default=0)
-    padded = [[value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows]
+    padded = [
+        [value] * (width - len(r)) + r if left else r + [value] * (width - len(r)) for r in rows
+    ]
     return torch.tensor(padded, dtype=torch.long).reshape(len(rows), width)
 
 
-def encode_prompts(tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]) -> dict[str, torch.Tensor]:
+def encode_prompts(
+    tokenizer: PreTrainedTokenizerBase, prompts: Sequence[str]
+) -> dict[str, torch.Tensor]:
     """Left-padded prompts for batched generation."""
     ids = [_prompt_ids(tokenizer, p) for p in prompts]
     return {
@@ -58,7 +64,10 @@ def encode_training(
         raise ValueError(f"{len(prompts)} prompts but {len(targets)} targets")
     ids, labels = [], []
     for prompt, target in zip(prompts, targets):
-        prompt_ids, target_ids = _prompt_ids(tokenizer, prompt), _target_ids(tokenizer, prompt, target)
+        prompt_ids, target_ids = (
+            _prompt_ids(tokenizer, prompt),
+            _target_ids(tokenizer, prompt, target),
+        )
         ids.append(prompt_ids + target_ids)
         prompt_labels = prompt_ids if loss_on_prompt else [IGNORE_INDEX] * len(prompt_ids)
         labels.append(prompt_labels + target_ids)

@@ -29,7 +29,9 @@ def load_model(
 ) -> torch.nn.Module:
     """``auto_cls.from_pretrained(model)`` or a seeded ``auto_cls.from_config(model_config)``."""
     if (model is None) == (model_config is None):
-        raise ValueError("name a frozen model by exactly one of `model` (id or path) or `model_config`")
+        raise ValueError(
+            "name a frozen model by exactly one of `model` (id or path) or `model_config`"
+        )
     if model is not None:
         return auto_cls.from_pretrained(model, **kwargs)
     with torch.random.fork_rng(devices=[]):

@@ -22,7 +22,8 @@ class IMUPerceiver(Perceiver):
         self.embed = nn.Linear(6, width)
         self.cls = nn.Parameter(torch.randn(1, 1, width))
         self.blocks = nn.ModuleList(
-            nn.TransformerEncoderLayer(width, nhead=2, dim_feedforward=64, batch_first=True) for _ in range(layers)
+            nn.TransformerEncoderLayer(width, nhead=2, dim_feedforward=64, batch_first=True)
+            for _ in range(layers)
         )
         self.hidden_size, self.num_levels = width, layers
 
@@ -73,7 +74,9 @@ def test_user_modality_trains_a_step_and_generates(tmp_path):
     model.save_pretrained(tmp_path)
     reloaded = EPALM.from_pretrained(tmp_path)
     assert isinstance(reloaded.perceivers["imu"], IMUPerceiver)
-    torch.testing.assert_close(reloaded(**batch, media=media).logits, model(**batch, media=media).logits)
+    torch.testing.assert_close(
+        reloaded(**batch, media=media).logits, model(**batch, media=media).logits
+    )
 
 
 def test_register_rejects_non_perceivers_and_name_clashes():

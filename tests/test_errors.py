@@ -20,7 +20,15 @@ def test_unknown_perceiver_name_suggests_close_ones():
 
 def test_unknown_lm_architecture_says_how_to_add_it():
     config = tiny_config()
-    config.lm = LMConfig(model_config={"model_type": "bloom", "vocab_size": 260, "hidden_size": 32, "n_layer": 4, "n_head": 4})
+    config.lm = LMConfig(
+        model_config={
+            "model_type": "bloom",
+            "vocab_size": 260,
+            "hidden_size": 32,
+            "n_layer": 4,
+            "n_head": 4,
+        }
+    )
     with pytest.raises(ValueError, match=r"register_decoder_layers\('bloom', 'model.layers'\)"):
         build(config)
 
@@ -35,14 +43,18 @@ def test_injection_layers_out_of_range(first, last):
 
 def test_more_levels_than_the_encoder_has():
     config = tiny_config(levels=5)
-    with pytest.raises(ValueError, match=r"connector.levels=5 but perceiver 'image' .* has only 4 levels"):
+    with pytest.raises(
+        ValueError, match=r"connector.levels=5 but perceiver 'image' .* has only 4 levels"
+    ):
         build(config)
 
 
 def test_more_levels_than_injection_layers():
     config = tiny_config(levels=3)
     config.injection.first_layer = 2
-    with pytest.raises(ValueError, match=r"3 encoder levels cannot be spread over 2 injection layers"):
+    with pytest.raises(
+        ValueError, match=r"3 encoder levels cannot be spread over 2 injection layers"
+    ):
         build(config)
 
 
@@ -63,5 +75,5 @@ def test_media_for_a_slot_the_model_lacks():
 
 
 def test_not_a_checkpoint(tmp_path):
-    with pytest.raises(FileNotFoundError, match="config.json is missing"):
+    with pytest.raises(FileNotFoundError, match=r"config\.json is missing"):
         EPALM.from_pretrained(tmp_path)

@@ -1,5 +1,7 @@
 """The core: frozen perceivers + trainable connector + frozen decoder LM, on tiny random models."""
 
+import itertools
+
 import pytest
 import torch
 from conftest import media_batch
@@ -17,7 +19,9 @@ def training_batch(model, size=2):
 
 
 def frozen_state(model):
-    return {k: v.clone() for k, v in model.state_dict().items() if k.startswith(("lm.", "perceivers."))}
+    return {
+        k: v.clone() for k, v in model.state_dict().items() if k.startswith(("lm.", "perceivers."))
+    }
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
@@ -33,14 +37,18 @@ def test_training_lowers_loss_and_touches_only_the_connector(lm, modality):
         optimizer.zero_grad()
         loss = model(**batch, media=media).loss
         loss.backward()
-        with_grad = {n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0}
+        with_grad = {
+            n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+        }
         assert with_grad == set(model.trainable_state_dict())
         assert all(n.startswith(("connectors.", "prompt.")) for n in with_grad)
         optimizer.step()
         losses.append(loss.item())
 
     # Random tiny LMs are near-uniform (loss ~ ln 260), so the prefix can only move it a little.
-    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < losses[0] - 0.02, losses
+    assert all(b < a for a, b in itertools.pairwise(losses)) and losses[-1] < losses[0] - 0.02, (
+        losses
+    )
     after = frozen_state(model)
     assert all(torch.equal(before[k], after[k]) for k in before)
     assert not model.lm.training and not any(p.training for p in model.perceivers.values())
@@ -50,7 +58,9 @@ def test_frozen_parts_stay_in_eval_mode_so_dropout_never_fires():
     model = tiny_model("opt").train()  # the tiny OPT has dropout 0.1
     batch, media = training_batch(model), media_batch(model, ["image"])
     assert model.lm.config.dropout > 0 and model.connectors.training
-    torch.testing.assert_close(model(**batch, media=media).logits, model(**batch, media=media).logits, rtol=0, atol=0)
+    torch.testing.assert_close(
+        model(**batch, media=media).logits, model(**batch, media=media).logits, rtol=0, atol=0
+    )
 
 
 @pytest.mark.parametrize("lm", TINY_LM_KINDS)
@@ -87,7 +97,9 @@ def test_each_injection_layer_receives_its_scheduled_level():
     seen = {}
     layers = model.lm.model.layers
     hooks = [
-        layers[i].register_forward_pre_hook(lambda m, args, kw, i=i: seen.__setitem__(i, args[0][:, :2].clone()), with_kwargs=True)
+        layers[i].register_forward_pre_hook(
+            lambda m, args, kw, i=i: seen.__setitem__(i, args[0][:, :2].clone()), with_kwargs=True
+        )
         for i in range(len(layers))
     ]
     ids = torch.randint(3, 200, (2, 5))
@@ -118,10 +130,14 @@ def test_left_padded_batch_generates_what_each_sample_does_alone():
     model = tiny_model("llama", ["image"]).eval()
     texts = ["Question: what colour is it? Answer:", "Hi"]
     media = media_batch(model, ["image"], size=2)
-    together = model.generate(**encode_prompts(model.tokenizer, texts), media=media, max_new_tokens=6)
+    together = model.generate(
+        **encode_prompts(model.tokenizer, texts), media=media, max_new_tokens=6
+    )
     for i, text in enumerate(texts):
         alone_media = {"image": {k: v[i : i + 1] for k, v in media["image"].items()}}
-        alone = model.generate(**encode_prompts(model.tokenizer, [text]), media=alone_media, max_new_tokens=6)
+        alone = model.generate(
+            **encode_prompts(model.tokenizer, [text]), media=alone_media, max_new_tokens=6
+        )
         n = alone.shape[1]  # a sample that stopped early is padded in the batch
         assert torch.equal(together[i, :n], alone[0])
         assert (together[i, n:] == model.tokenizer.pad_token_id).all()
@@ -133,8 +149,14 @@ def test_beam_search_scores_match_a_teacher_forced_rescoring():
     prompts = encode_prompts(model.tokenizer, ["a", "bcd"])
     media = media_batch(model, ["image"], size=2)
     out = model.generate(
-        **prompts, media=media, max_new_tokens=5, num_beams=3, num_return_sequences=3,
-        length_penalty=0.0, return_dict_in_generate=True, output_scores=True,
+        **prompts,
+        media=media,
+        max_new_tokens=5,
+        num_beams=3,
+        num_return_sequences=3,
+        length_penalty=0.0,
+        return_dict_in_generate=True,
+        output_scores=True,
     )
     assert out.sequences.shape[0] == 6
     eos = model.tokenizer.eos_token_id
@@ -156,7 +178,9 @@ def test_caption_and_answer_take_raw_media():
 
     model = tiny_model("llama", ["image"]).eval()
     caption = model.caption(sample_media("image", 0), max_new_tokens=4)
-    answers = model.answer([sample_media("image", 0), sample_media("image", 1)], "what is it?", max_new_tokens=4)
+    answers = model.answer(
+        [sample_media("image", 0), sample_media("image", 1)], "what is it?", max_new_tokens=4
+    )
     assert isinstance(caption, str) and isinstance(answers, list) and len(answers) == 2
 
 
@@ -177,7 +201,12 @@ def test_save_and_load_give_identical_logits_and_hold_only_trained_tensors(tmp_p
     reloaded = EPALM.from_pretrained(tmp_path).eval()
     batch, media = training_batch(model), media_batch(model, ["image", "audio"])
     with torch.no_grad():
-        torch.testing.assert_close(reloaded(**batch, media=media).logits, model(**batch, media=media).logits, rtol=0, atol=0)
+        torch.testing.assert_close(
+            reloaded(**batch, media=media).logits,
+            model(**batch, media=media).logits,
+            rtol=0,
+            atol=0,
+        )
 
 
 def test_loss_covers_the_target_only_unless_asked():
@@ -186,5 +215,7 @@ def test_loss_covers_the_target_only_unless_asked():
     prompt_len = len(model.tokenizer("Question: why? Answer:")["input_ids"])
     assert (plain["labels"][0, :prompt_len] == -100).all()
     assert plain["labels"][0, -1] == model.tokenizer.eos_token_id
-    with_prompt = encode_training(model.tokenizer, ["Question: why? Answer:"], ["because"], loss_on_prompt=True)
+    with_prompt = encode_training(
+        model.tokenizer, ["Question: why? Answer:"], ["because"], loss_on_prompt=True
+    )
     assert (with_prompt["labels"] == with_prompt["input_ids"]).all()

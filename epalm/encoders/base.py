@@ -60,7 +60,9 @@ class Perceiver(nn.Module, ABC):
             return hidden[:, 0]
         if self.summary == "mean":
             return hidden.mean(dim=1)
-        raise ValueError(f"{type(self).__name__}: unknown summary {self.summary!r} (use 'cls' or 'mean')")
+        raise ValueError(
+            f"{type(self).__name__}: unknown summary {self.summary!r} (use 'cls' or 'mean')"
+        )
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         """Per-layer summaries ``[batch, num_levels, hidden_size]``, shallow to deep."""

@@ -15,7 +15,9 @@ def register_perceiver(name: str, cls: type[Perceiver] | None = None):
 
     def add(perceiver_cls: type[Perceiver]) -> type[Perceiver]:
         if not (isinstance(perceiver_cls, type) and issubclass(perceiver_cls, Perceiver)):
-            raise TypeError(f"register_perceiver({name!r}): {perceiver_cls!r} is not a Perceiver subclass")
+            raise TypeError(
+                f"register_perceiver({name!r}): {perceiver_cls!r} is not a Perceiver subclass"
+            )
         known = _PERCEIVERS.get(name)
         if known is not None and known is not perceiver_cls:
             raise ValueError(f"perceiver name {name!r} is already taken by {known.__qualname__}")

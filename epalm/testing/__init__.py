@@ -18,7 +18,12 @@ TINY_WIDTH, TINY_LAYERS = 64, 4
 # Each tiny LM keeps its family's quirks: OPT's word_embed_proj and dropout, GPT-2's learned
 # positions and fused attention, Llama's grouped-query attention and rotary positions.
 _TINY_LMS: dict[str, dict[str, Any]] = {
-    "opt": {"ffn_dim": 128, "word_embed_proj_dim": TINY_WIDTH, "dropout": 0.1, "max_position_embeddings": 256},
+    "opt": {
+        "ffn_dim": 128,
+        "word_embed_proj_dim": TINY_WIDTH,
+        "dropout": 0.1,
+        "max_position_embeddings": 256,
+    },
     "gpt2": {"n_embd": TINY_WIDTH, "n_layer": TINY_LAYERS, "n_head": 4, "n_positions": 256},
     "llama": {"intermediate_size": 128, "num_key_value_heads": 2, "max_position_embeddings": 256},
     "mistral": {"intermediate_size": 128, "num_key_value_heads": 2, "max_position_embeddings": 256},
@@ -41,9 +46,15 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    backend.post_processor = processors.TemplateProcessing(
+        single="<s> $A", special_tokens=[("<s>", 1)]
+    )
     return PreTrainedTokenizerFast(
-        tokenizer_object=backend, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>"
+        tokenizer_object=backend,
+        pad_token="<pad>",
+        bos_token="<s>",
+        eos_token="</s>",
+        unk_token="<unk>",
     )
 
 
@@ -61,11 +72,17 @@ def tiny_lm_config(kind: str, vocab_size: int) -> dict[str, Any]:
         "eos_token_id": 2,
     }
     if kind == "gpt2":
-        common = {k: v for k, v in common.items() if k not in ("hidden_size", "num_hidden_layers", "num_attention_heads")}
+        common = {
+            k: v
+            for k, v in common.items()
+            if k not in ("hidden_size", "num_hidden_layers", "num_attention_heads")
+        }
     return {"model_type": kind, **common, **_TINY_LMS[kind]}
 
 
-def tiny_config(lm: str = "llama", modalities: Sequence[str] = ("image",), **connector: Any) -> EPALMConfig:
+def tiny_config(
+    lm: str = "llama", modalities: Sequence[str] = ("image",), **connector: Any
+) -> EPALMConfig:
     """The config of a tiny EPALM: a 4-layer LM, 4-layer encoders, 2 levels into layers 1..3."""
     perceivers = {}
     for modality in modalities:
@@ -79,6 +96,8 @@ def tiny_config(lm: str = "llama", modalities: Sequence[str] = ("image",), **con
     )
 
 
-def tiny_model(lm: str = "llama", modalities: Sequence[str] = ("image",), **connector: Any) -> EPALM:
+def tiny_model(
+    lm: str = "llama", modalities: Sequence[str] = ("image",), **connector: Any
+) -> EPALM:
     """A tiny randomly initialised EPALM, tokenizer included; ``connector`` overrides its settings."""
     return EPALM(tiny_config(lm, modalities, **connector), tokenizer=tiny_tokenizer())
