@@ -1,0 +1,82 @@
+"""Shared plumbing for perceivers over an HF transformer backbone.
+
+An ``HFPerceiver`` loads its frozen backbone from an ``epalm.zoo`` source (``model``,
+``model_config``, ``seed``), takes the output of every transformer block as one level, applies
+the backbone's final norm to each (as eP-ALM does) and picks the summary rule: [CLS] where the
+backbone has one, the token mean otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any, ClassVar
+
+import torch
+from torch import nn
+from transformers import AutoModel
+
+from epalm.encoders.base import Perceiver
+from epalm.zoo import load_model
+
+
+def has_cls_token(module: nn.Module) -> bool:
+    """Whether a backbone owns a class token (HF and timm call it ``cls_token`` or ``class_embedding``)."""
+    return any(
+        name.rsplit(".", 1)[-1] in ("cls_token", "class_embedding")
+        for name, _ in module.named_parameters()
+    )
+
+
+def resolve_summary(summary: str, backbone: nn.Module) -> str:
+    if summary == "auto":
+        return "cls" if has_cls_token(backbone) else "mean"
+    if summary not in ("cls", "mean"):
+        raise ValueError(f"summary must be 'auto', 'cls' or 'mean', got {summary!r}")
+    return summary
+
+
+class HFPerceiver(Perceiver):
+    """A perceiver over an HF model that reports per-block hidden states."""
+
+    #: What ``load_model`` instantiates: anything with ``from_pretrained`` and ``from_config``.
+    loader: ClassVar[Any] = AutoModel
+    #: Where HF backbones keep their final norm, tried in order.
+    norm_names: ClassVar[tuple[str, ...]] = ("post_layernorm", "layernorm", "layer_norm")
+
+    def __init__(
+        self,
+        model: str | None = None,
+        model_config: dict[str, Any] | None = None,
+        seed: int = 0,
+        *,
+        summary: str = "auto",
+        final_norm: bool = True,
+    ) -> None:
+        super().__init__()
+        self.source = {"model": model, "model_config": model_config, "seed": seed}
+        self.backbone = load_model(self.loader, model, model_config, seed)
+        # HF replaces hidden_states[-1] by last_hidden_state for some models (already normed for
+        # Whisper, not for ViT); turning that off makes every level a raw block output.
+        self.backbone.config.tie_last_hidden_states = False
+        self.final_norm = final_norm
+        self.hidden_size = self.backbone.config.hidden_size
+        self.num_levels = self.backbone.config.num_hidden_layers
+        self.summary = resolve_summary(summary, self.backbone)
+
+    def norm_layer(self) -> nn.Module:
+        """The backbone's final norm; identity when disabled or absent (mean-pooling VideoMAE)."""
+        if self.final_norm:
+            for name in self.norm_names:
+                layer = getattr(self.backbone, name, None)
+                if layer is not None:
+                    return layer
+        return nn.Identity()
+
+    def hidden_states(self, **inputs: torch.Tensor) -> Sequence[torch.Tensor]:
+        states = self.backbone(**inputs, output_hidden_states=True).hidden_states
+        norm = self.norm_layer()
+        # The first state is the embedding output, not a block: keep the last num_levels.
+        return [norm(h) for h in states[-self.num_levels :]]
+
+    def config(self) -> dict[str, Any]:
+        return {**self.source, "summary": self.summary, "final_norm": self.final_norm}
