@@ -21,7 +21,7 @@ from epalm.connector import LevelProjection, SoftPrompt
 from epalm.encoders.base import Perceiver
 from epalm.encoders.registry import build_perceiver
 from epalm.injection import Injector, decoder_layers, injection_schedule
-from epalm.text import IGNORE_INDEX, encode_prompts, prepare_tokenizer
+from epalm.text import IGNORE_INDEX, encode_prompts, encode_training, prepare_tokenizer
 from epalm.zoo import load_model
 
 CONFIG_NAME = "config.json"
@@ -275,13 +275,29 @@ class EPALM(nn.Module):
         out.sequences = out.sequences[:, ids.shape[1] :]
         return out
 
+    # --- text --------------------------------------------------------------------------------------
+    def prompt_for(self, question: str | None = None) -> str:
+        """The text prompt: the VQA template around a question, else the caption prompt."""
+        text = self.config.text
+        return (
+            text.caption_prompt if question is None else text.vqa_prompt.format(question=question)
+        )
+
+    def encode_targets(
+        self, targets: Sequence[str], questions: Sequence[str | None] | None = None
+    ) -> dict[str, torch.Tensor]:
+        """A training batch in this model's prompt format: captions, or answers to ``questions``."""
+        questions = [None] * len(targets) if questions is None else questions
+        prompts = [self.prompt_for(q) for q in questions]
+        return encode_training(self.tokenizer, prompts, targets, self.config.text.loss_on_prompt)
+
     # --- convenience ---------------------------------------------------------------------------
     def caption(
         self, media: Media | Mapping[str, Media], **generate_kwargs: Any
     ) -> str | list[str]:
         """Caption one sample (or a list of samples) of raw media."""
         batch, single = self._as_batch(media)
-        prompts = [self.config.text.caption_prompt] * _batch_size(batch)
+        prompts = [self.prompt_for()] * _batch_size(batch)
         texts = self._respond(batch, prompts, generate_kwargs)
         return texts[0] if single else texts
 
@@ -294,7 +310,7 @@ class EPALM(nn.Module):
         """Answer a question about one sample (or one question per sample of a list)."""
         batch, single = self._as_batch(media)
         questions = [question] * _batch_size(batch) if isinstance(question, str) else list(question)
-        prompts = [self.config.text.vqa_prompt.format(question=q) for q in questions]
+        prompts = [self.prompt_for(q) for q in questions]
         texts = self._respond(batch, prompts, generate_kwargs)
         return texts[0] if single else texts
 

@@ -58,9 +58,7 @@ def test_user_modality_trains_a_step_and_generates(tmp_path):
     model = EPALM(imu_config(), tokenizer=tiny_tokenizer())
     rng = np.random.default_rng(0)
     walk, still = rng.normal(size=(20, 6)), np.zeros((20, 6))
-    from epalm.text import encode_training
-
-    batch = encode_training(model.tokenizer, ["", ""], ["walking", "standing still"])
+    batch = model.encode_targets(["walking", "standing still"])
     media = model.preprocess({"imu": [walk, still]})
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-2)
     loss_before = model(**batch, media=media).loss

@@ -15,7 +15,7 @@ CORE_LMS = ("opt", "gpt2", "llama")
 
 def training_batch(model, size=2):
     captions = ["a red square", "two blue dots moving left"][:size]
-    return encode_training(model.tokenizer, ["", "Question: what is it? Answer:"][:size], captions)
+    return model.encode_targets(captions, questions=[None, "what is it?"][:size])
 
 
 def frozen_state(model):
@@ -211,11 +211,24 @@ def test_save_and_load_give_identical_logits_and_hold_only_trained_tensors(tmp_p
 
 def test_loss_covers_the_target_only_unless_asked():
     model = tiny_model("llama")
-    plain = encode_training(model.tokenizer, ["Question: why? Answer:"], ["because"])
-    prompt_len = len(model.tokenizer("Question: why? Answer:")["input_ids"])
+    plain = model.encode_targets(["because"], questions=["why?"])
+    prompt = model.prompt_for("why?")
+    assert prompt == "Question: why? Answer:"
+    prompt_len = len(model.tokenizer(prompt)["input_ids"])
     assert (plain["labels"][0, :prompt_len] == -100).all()
-    assert plain["labels"][0, -1] == model.tokenizer.eos_token_id
-    with_prompt = encode_training(
-        model.tokenizer, ["Question: why? Answer:"], ["because"], loss_on_prompt=True
-    )
+    target = plain["input_ids"][0, prompt_len:]
+    assert (plain["labels"][0, prompt_len:] == target).all() and target[
+        -1
+    ] == model.tokenizer.eos_token_id
+    assert model.tokenizer.decode(target, skip_special_tokens=True) == " because"
+
+    model.config.text.loss_on_prompt = True  # eP-ALM's "question tokens too"
+    with_prompt = model.encode_targets(["because"], questions=["why?"])
     assert (with_prompt["labels"] == with_prompt["input_ids"]).all()
+
+
+def test_padding_is_never_a_target():
+    model = tiny_model("llama")
+    batch = model.encode_targets(["a", "a much longer caption"])
+    assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
+    assert (batch["attention_mask"][0] == 0).any()
