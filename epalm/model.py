@@ -83,30 +83,35 @@ class EPALM(nn.Module):
                 for slot, spec in config.perceivers.items()
             }
         )
-        c = config.connector
         for slot, perceiver in self.perceivers.items():
-            _check_levels(slot, perceiver, c.levels)
-        lm_dim = self.lm.config.get_text_config().hidden_size
-        self.connectors = nn.ModuleDict(
+            _check_levels(slot, perceiver, config.connector.levels)
+        self.connectors = self._build_connectors()
+        self.prompt = self._build_prompt()
+        self.injector = self._build_injector()
+
+    def _build_connectors(self) -> nn.ModuleDict:
+        c, lm_dim = self.config.connector, self.lm.config.get_text_config().hidden_size
+        return nn.ModuleDict(
             {
                 slot: LevelProjection(p.hidden_size, lm_dim, c.levels, c.shared)
                 for slot, p in self.perceivers.items()
             }
         )
-        embed_dim = self.lm.get_input_embeddings().embedding_dim
+
+    def _build_prompt(self) -> SoftPrompt | None:
+        c, embed_dim = self.config.connector, self.lm.get_input_embeddings().embedding_dim
+        if not c.prompt_tokens:
+            return None
         mlp_hidden = (c.prompt_mlp_hidden or embed_dim) if c.prompt_mlp else None
-        self.prompt = (
-            SoftPrompt(c.prompt_tokens, embed_dim, mlp_hidden, c.init_std)
-            if c.prompt_tokens
-            else None
-        )
+        return SoftPrompt(c.prompt_tokens, embed_dim, mlp_hidden, c.init_std)
+
+    def _build_injector(self) -> Injector:
+        c, injection = self.config.connector, self.config.injection
+        num_layers = len(decoder_layers(self.lm))
         schedule = injection_schedule(
-            len(decoder_layers(self.lm)),
-            c.levels,
-            config.injection.first_layer,
-            config.injection.last_layer,
+            num_layers, c.levels, injection.first_layer, injection.last_layer
         )
-        self.injector = Injector(self.lm, schedule, len(self.perceivers), c.prompt_tokens)
+        return Injector(self.lm, schedule, len(self.perceivers), c.prompt_tokens)
 
     # --- state -----------------------------------------------------------------------------
     @property
