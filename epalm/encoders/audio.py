@@ -54,16 +54,8 @@ class ASTPerceiver(HFPerceiver):
     modality = "audio"
     sampling_rate = SAMPLING_RATE
 
-    def __init__(
-        self,
-        model: str | None = None,
-        model_config: dict[str, Any] | None = None,
-        seed: int = 0,
-        *,
-        summary: str = "auto",
-        final_norm: bool = True,
-    ) -> None:
-        super().__init__(model, model_config, seed, summary=summary, final_norm=final_norm)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # HFPerceiver's arguments
+        super().__init__(*args, **kwargs)
         config = self.backbone.config
         self.extractor = ASTFeatureExtractor(
             num_mel_bins=config.num_mel_bins,
@@ -122,17 +114,8 @@ class WhisperPerceiver(HFPerceiver):
     sampling_rate = SAMPLING_RATE
     loader = WhisperEncoderOnly
 
-    def __init__(
-        self,
-        model: str | None = None,
-        model_config: dict[str, Any] | None = None,
-        seed: int = 0,
-        *,
-        summary: str = "auto",
-        final_norm: bool = True,
-        max_seconds: float = 30.0,
-    ) -> None:
-        super().__init__(model, model_config, seed, summary=summary, final_norm=final_norm)
+    def __init__(self, *args: Any, max_seconds: float = 30.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         self.extractor = WhisperFeatureExtractor(feature_size=self.backbone.config.num_mel_bins)
         longest = self.backbone.config.max_source_positions * 2 * self.extractor.hop_length
         if max_seconds * self.sampling_rate > longest:

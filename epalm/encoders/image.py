@@ -125,22 +125,13 @@ class HFImagePerceiver(ImagePreprocessing, HFPerceiver):
     modality = "image"
     loader = VisionTower
 
-    def __init__(
-        self,
-        model: str | None = None,
-        model_config: dict[str, Any] | None = None,
-        seed: int = 0,
-        *,
-        summary: str = "auto",
-        final_norm: bool = True,
-        image_size: int | None = None,
-    ) -> None:
-        super().__init__(model, model_config, seed, summary=summary, final_norm=final_norm)
+    def __init__(self, *args: Any, image_size: int | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
         config = self.backbone.config
         # DINOv2 configs say 518 (its pretraining size); it interpolates, and 224 is 5x cheaper.
         default_size = 224 if config.model_type == "dinov2" else config.image_size
         self.image_size = image_size or default_size
-        self.image_mean, self.image_std = image_stats(model, config.model_type)
+        self.image_mean, self.image_std = image_stats(self.source["model"], config.model_type)
 
     def hidden_states(self, pixel_values: torch.Tensor) -> Sequence[torch.Tensor]:
         resized = pixel_values.shape[-1] != self.backbone.config.image_size

@@ -81,20 +81,12 @@ class HFVideoPerceiver(ImagePreprocessing, HFPerceiver):
 
     modality = "video"
 
-    def __init__(
-        self,
-        model: str | None = None,
-        model_config: dict[str, Any] | None = None,
-        seed: int = 0,
-        *,
-        summary: str = "auto",
-        final_norm: bool = True,
-    ) -> None:
-        super().__init__(model, model_config, seed, summary=summary, final_norm=final_norm)
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # HFPerceiver's arguments
+        super().__init__(*args, **kwargs)
         config = self.backbone.config
         self.num_frames = config.num_frames
         self.image_size = config.image_size
-        self.image_mean, self.image_std = image_stats(model, config.model_type)
+        self.image_mean, self.image_std = image_stats(self.source["model"], config.model_type)
 
     def preprocess(self, media: Any, *, train: bool = False) -> dict[str, torch.Tensor]:
         # one transform call for the whole clip: in training every frame gets the same crop
