@@ -1,8 +1,8 @@
 import pytest
 import torch
-from epalm.testing.perceivers import sample_media
 
 from epalm.testing import tiny_model
+from epalm.testing.perceivers import sample_media
 
 
 @pytest.fixture(autouse=True)
