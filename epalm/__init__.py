@@ -1,23 +1,19 @@
 """epalm: give a frozen language model perception by training a tiny connector (eP-ALM)."""
 
-from epalm import encoders  # noqa: F401  (registers the built-in perceivers)
-from epalm.config import EPALMConfig
-from epalm.connector import LevelProjection, SoftPrompt
-from epalm.encoders.base import Perceiver
-from epalm.encoders.registry import available_perceivers, build_perceiver, register_perceiver
-from epalm.injection import register_decoder_layers
-from epalm.model import EPALM
+from epalm._lazy import lazy_exports
 
 __version__ = "0.1.0"
-__all__ = [
-    "EPALM",
-    "EPALMConfig",
-    "LevelProjection",
-    "Perceiver",
-    "SoftPrompt",
-    "__version__",
-    "available_perceivers",
-    "build_perceiver",
-    "register_decoder_layers",
-    "register_perceiver",
-]
+
+_EXPORTS = {
+    "EPALM": "epalm.model",
+    "EPALMConfig": "epalm.config",
+    "LevelProjection": "epalm.connector",
+    "SoftPrompt": "epalm.connector",
+    "Perceiver": "epalm.encoders.base",
+    "available_perceivers": "epalm.encoders.registry",
+    "build_perceiver": "epalm.encoders.registry",
+    "register_perceiver": "epalm.encoders.registry",
+    "register_decoder_layers": "epalm.injection",
+}
+__all__ = ["__version__", *_EXPORTS]
+__getattr__ = lazy_exports(__name__, _EXPORTS)

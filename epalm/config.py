@@ -24,6 +24,9 @@ class LMConfig:
     seed: int = 0
     tokenizer: str | None = None  # defaults to `model`
     dtype: str = "float32"
+    # What a preset promises; checked against the loaded LM when set.
+    hidden_size: int | None = None
+    num_layers: int | None = None
 
 
 @dataclass
@@ -32,6 +35,9 @@ class PerceiverConfig:
 
     name: str
     kwargs: dict[str, Any] = field(default_factory=dict)
+    # What a preset promises; checked against the built perceiver when set.
+    hidden_size: int | None = None
+    num_levels: int | None = None
 
 
 @dataclass

