@@ -76,6 +76,9 @@ class EPALMConfig:
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     injection: InjectionConfig = field(default_factory=InjectionConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    # Where offline models are built (default: $EPALM_CACHE or ~/.cache/epalm). A property of
+    # this machine, so checkpoints never record it.
+    model_cache: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -92,9 +95,10 @@ class EPALMConfig:
             for f in _SECTIONS
             if f.name in data
         }
+        model_cache = data.pop("model_cache", None)
         if data:
             raise ValueError(f"{source}: unknown keys {sorted(data)}")
-        return cls(perceivers=perceivers, **parts)
+        return cls(perceivers=perceivers, model_cache=model_cache, **parts)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

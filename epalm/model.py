@@ -23,6 +23,7 @@ from epalm.encoders.registry import build_perceiver
 from epalm.injection import Injector, decoder_layers, injection_schedule
 from epalm.text import IGNORE_INDEX, encode_prompts, encode_training, prepare_tokenizer
 from epalm.zoo import load_model, resolve
+from epalm.zoo.cache import using_cache
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -72,17 +73,18 @@ class EPALM(nn.Module):
     ):
         super().__init__()
         self.config = config
-        self.lm = lm if lm is not None else _load_lm(config)
+        with using_cache(config.model_cache):
+            self.lm = lm if lm is not None else _load_lm(config)
+            self.tokenizer = prepare_tokenizer(
+                tokenizer if tokenizer is not None else _load_tokenizer(config)
+            )
+            self.perceivers = nn.ModuleDict(
+                {
+                    slot: build_perceiver(spec.name, **spec.kwargs)
+                    for slot, spec in config.perceivers.items()
+                }
+            )
         self.lm.requires_grad_(False).eval()
-        self.tokenizer = prepare_tokenizer(
-            tokenizer if tokenizer is not None else _load_tokenizer(config)
-        )
-        self.perceivers = nn.ModuleDict(
-            {
-                slot: build_perceiver(spec.name, **spec.kwargs)
-                for slot, spec in config.perceivers.items()
-            }
-        )
         self._check_promises()
         for slot, perceiver in self.perceivers.items():
             _check_levels(slot, perceiver, config.connector.levels)
@@ -128,9 +130,11 @@ class EPALM(nn.Module):
     def _build_injector(self) -> Injector:
         c, injection = self.config.connector, self.config.injection
         num_layers = len(decoder_layers(self.lm))
-        schedule = injection_schedule(
-            num_layers, c.levels, injection.first_layer, injection.last_layer
-        )
+        schedule = {}  # a text-only model (soft prompt alone) injects nothing
+        if self.perceivers:
+            schedule = injection_schedule(
+                num_layers, c.levels, injection.first_layer, injection.last_layer
+            )
         return Injector(self.lm, schedule, len(self.perceivers), c.prompt_tokens)
 
     # --- state -----------------------------------------------------------------------------
@@ -370,7 +374,8 @@ class EPALM(nn.Module):
         _atomic_write(
             directory / WEIGHTS_NAME, lambda p: save_file(weights, p, metadata={"format": "pt"})
         )
-        config_text = json.dumps(self.config.to_dict(), indent=2) + "\n"
+        portable = {**self.config.to_dict(), "model_cache": None}
+        config_text = json.dumps(portable, indent=2) + "\n"
         _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(config_text))
         with tempfile.TemporaryDirectory(dir=directory) as staging:
             for name in self.tokenizer.save_pretrained(staging):

@@ -245,3 +245,21 @@ def test_a_download_that_breaks_off_midway_leaves_nothing_cached(cache, fake_sou
 def test_a_wheel_with_the_wrong_checksum_is_refused(tmp_path):
     with pytest.raises(FetchError, match="does not match the pinned"):
         download_wheel("six", "1.16.0", "0" * 64, tmp_path)
+
+
+def test_a_config_can_name_the_cache(cache, fake_source, tmp_path):
+    from epalm import EPALM, EPALMConfig
+    from epalm.config import LMConfig
+    from epalm.testing import tiny_tokenizer
+
+    fake_source()
+    elsewhere = tmp_path / "configured-cache"
+    config = EPALMConfig(lm=LMConfig(model="tiny-fake"), model_cache=str(elsewhere))
+    model = EPALM(config, tokenizer=tiny_tokenizer())
+    assert (elsewhere / "models" / "tiny-fake").is_dir() and not (
+        cache / "models" / "tiny-fake"
+    ).exists()
+    model.save_pretrained(tmp_path / "ckpt")
+    assert (
+        EPALMConfig.load(tmp_path / "ckpt" / "config.json").model_cache is None
+    )  # machine-specific

@@ -15,7 +15,9 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -27,8 +29,23 @@ MANIFEST = "epalm-manifest.json"
 CACHE_ENV = "EPALM_CACHE"
 
 
+_configured: ContextVar[str | None] = ContextVar("epalm_model_cache", default=None)
+
+
+@contextmanager
+def using_cache(directory: str | os.PathLike | None) -> Iterator[None]:
+    """Within this block, the cache is ``directory`` (a config's ``model_cache``; None: unchanged)."""
+    token = _configured.set(None if directory is None else str(directory))
+    try:
+        yield
+    finally:
+        _configured.reset(token)
+
+
 def cache_root(override: str | os.PathLike | None = None) -> Path:
-    """``override``, else ``$EPALM_CACHE``, else ``$XDG_CACHE_HOME/epalm`` (``~/.cache/epalm``)."""
+    """``override``, else the configured cache (``using_cache``), else ``$EPALM_CACHE``, else
+    ``$XDG_CACHE_HOME/epalm`` (``~/.cache/epalm``)."""
+    override = override if override is not None else _configured.get()
     if override is not None:
         return Path(override).expanduser()
     if os.environ.get(CACHE_ENV):
