@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from epalm.atomic import atomic_write, atomic_write_text
 from epalm.config import EPALMConfig
 from epalm.connector import LevelProjection, SoftPrompt
 from epalm.encoders.base import Perceiver
@@ -371,12 +372,12 @@ class EPALM(nn.Module):
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         weights = {k: v.contiguous().cpu() for k, v in self.trainable_state_dict().items()}
-        _atomic_write(
+        atomic_write(
             directory / WEIGHTS_NAME, lambda p: save_file(weights, p, metadata={"format": "pt"})
         )
         portable = {**self.config.to_dict(), "model_cache": None}
         config_text = json.dumps(portable, indent=2) + "\n"
-        _atomic_write(directory / CONFIG_NAME, lambda p: Path(p).write_text(config_text))
+        atomic_write_text(directory / CONFIG_NAME, config_text)
         with tempfile.TemporaryDirectory(dir=directory) as staging:
             for name in self.tokenizer.save_pretrained(staging):
                 os.replace(name, directory / Path(name).name)
@@ -450,15 +451,3 @@ def _batch_size(batch: Mapping[str, list[Any]]) -> int:
     if len(sizes) != 1:
         raise ValueError(f"every slot needs the same number of samples, got {sorted(sizes)}")
     return sizes.pop()
-
-
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through a temporary file in the same directory, then rename over the target."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

@@ -1,0 +1,1 @@
+"""Data: manifests, media decoding, embedded datasets and public-dataset converters."""
