@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from pathlib import Path
 
 from epalm import __version__
 
@@ -45,6 +46,49 @@ def _models_fetch(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_list(_: argparse.Namespace) -> int:
+    from epalm.data.converters import available_converters
+    from epalm.data.embedded import EMBEDDED
+
+    print(f"embedded (built on first use, no --root): {', '.join(sorted(EMBEDDED))}")
+    print(f"converters (official annotations under --root): {', '.join(available_converters())}")
+    return 0
+
+
+def _data_prepare(args: argparse.Namespace) -> int:
+    from epalm.data.converters import ConverterError, available_converters, prepare
+    from epalm.data.embedded import EMBEDDED, build_embedded
+
+    if args.name in EMBEDDED:
+        print(build_embedded(args.name, seed=args.seed, cache_dir=args.cache_dir, size=args.size))
+        return 0
+    if args.name not in available_converters():
+        known = ", ".join(sorted([*EMBEDDED, *available_converters()]))
+        print(f"epalm data prepare: unknown dataset {args.name!r}; known: {known}", file=sys.stderr)
+        return 2
+    if args.root is None:
+        print(
+            f"epalm data prepare {args.name}: --root DIR (the official files) is required",
+            file=sys.stderr,
+        )
+        return 2
+    out = None if args.out is None else Path(args.out)
+    try:
+        paths = prepare(
+            args.name,
+            Path(args.root),
+            out,
+            check_media=args.check_media,
+            media_pattern=args.media_pattern,
+        )
+    except ConverterError as err:
+        print(f"epalm data prepare: {err}", file=sys.stderr)
+        return 1
+    for path in paths:
+        print(path)
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="epalm", description="Give a frozen LM perception (eP-ALM)."
@@ -72,7 +116,31 @@ def _parser() -> argparse.ArgumentParser:
         "name", help="hub id, local directory or offline name (see `epalm models list`)"
     )
     fetch.set_defaults(run=_models_fetch)
-    for sub in (listing, fetch):
+    data = commands.add_parser("data", help="datasets: embedded ones and converters of public ones")
+    data_actions = data.add_subparsers(dest="action", required=True)
+    data_actions.add_parser("list", help="the embedded datasets and the converters").set_defaults(
+        run=_data_list
+    )
+    prepare = data_actions.add_parser(
+        "prepare",
+        help="build an embedded dataset, or turn a public one's official files into manifests",
+    )
+    prepare.add_argument("name", help="an embedded dataset or a converter (see `epalm data list`)")
+    prepare.add_argument("--root", help="converters: the directory holding the official files")
+    prepare.add_argument("--out", help="converters: where to write the manifests (default: --root)")
+    prepare.add_argument(
+        "--check-media",
+        action="store_true",
+        help="converters: fail on the first missing media file",
+    )
+    prepare.add_argument(
+        "--media-pattern", help="converters: where media lie under --root (a str.format pattern)"
+    )
+    prepare.add_argument("--seed", type=int, default=0, help="embedded: the generator's seed")
+    prepare.add_argument("--size", default="default", help="embedded: 'default' or 'tiny'")
+    prepare.set_defaults(run=_data_prepare)
+
+    for sub in (listing, fetch, prepare):
         sub.add_argument(
             "--cache-dir",
             default=None,

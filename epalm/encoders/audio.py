@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -14,36 +12,29 @@ from torch import nn
 from transformers import ASTFeatureExtractor, WhisperFeatureExtractor, WhisperModel
 from transformers.models.whisper.modeling_whisper import WhisperEncoder
 
+from epalm.data.media import SAMPLING_RATE, load_audio
 from epalm.encoders.backbone import HFPerceiver
 from epalm.encoders.registry import register_perceiver
 
-SAMPLING_RATE = 16_000
+
+# --- SpecAugment -------------------------------------------------------------------------------
+def mask_band(features: torch.Tensor, axis: int, max_width: int) -> torch.Tensor:
+    """Zero one band of random width in ``[0, max_width]`` at a random place along ``axis``
+    (torchaudio's Frequency/TimeMasking, as AST trains with)."""
+    size = features.shape[axis]
+    width = int(torch.randint(0, min(max_width, size) + 1, ()))
+    start = int(torch.randint(0, size - width + 1, ()))
+    features = features.clone()
+    features.narrow(axis, start, width).zero_()
+    return features
 
 
-# --- waveforms ---------------------------------------------------------------------------------
-def resample(wave: np.ndarray, rate: int, target: int) -> np.ndarray:
-    from scipy.signal import resample_poly  # only off-rate audio needs scipy
-
-    g = math.gcd(int(rate), int(target))
-    return resample_poly(wave, int(target) // g, int(rate) // g).astype(np.float32)
-
-
-def load_audio(media: Any, sampling_rate: int = SAMPLING_RATE) -> np.ndarray:
-    """A path, ``{"array", "sampling_rate"}`` dict (HF datasets) or an array already at
-    ``sampling_rate`` -> mono float32 waveform at ``sampling_rate``."""
-    rate = sampling_rate
-    if isinstance(media, (str, os.PathLike)):
-        import soundfile  # only audio files need it
-
-        media, rate = soundfile.read(media, dtype="float32", always_2d=True)
-    elif isinstance(media, dict):
-        media, rate = media["array"], media["sampling_rate"]
-    wave = np.asarray(media, dtype=np.float32)
-    if wave.ndim == 2:  # channels are the short axis: [samples, channels] or [channels, samples]
-        wave = wave.mean(axis=int(np.argmin(wave.shape)))
-    if wave.ndim != 1:
-        raise ValueError(f"expected mono or multichannel audio, got shape {wave.shape}")
-    return wave if rate == sampling_rate else resample(wave, rate, sampling_rate)
+def spec_augment(
+    features: torch.Tensor, freq_mask: int, time_mask: int, *, freq_axis: int, time_axis: int
+) -> torch.Tensor:
+    """One frequency and one time mask. Both perceivers' features are normalised, so 0 is a
+    neutral value (AST: the AudioSet mean; Whisper: what HF Whisper's own masking writes)."""
+    return mask_band(mask_band(features, freq_axis, freq_mask), time_axis, time_mask)
 
 
 # --- Audio Spectrogram Transformer -------------------------------------------------------------
@@ -54,8 +45,18 @@ class ASTPerceiver(HFPerceiver):
     modality = "audio"
     sampling_rate = SAMPLING_RATE
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # HFPerceiver's arguments
+    def __init__(
+        self,
+        *args: Any,
+        spec_augment: bool = True,
+        freq_mask: int = 48,
+        time_mask: int = 192,
+        **kwargs: Any,
+    ) -> None:
+        """HFPerceiver's arguments, and SpecAugment in training: AST's AudioSet setting (at most
+        48 of 128 mel bins and 192 of 1024 frames masked) by default."""
         super().__init__(*args, **kwargs)
+        self.spec_augment, self.freq_mask, self.time_mask = spec_augment, freq_mask, time_mask
         config = self.backbone.config
         self.extractor = ASTFeatureExtractor(
             num_mel_bins=config.num_mel_bins,
@@ -67,7 +68,20 @@ class ASTPerceiver(HFPerceiver):
     def preprocess(self, media: Any, *, train: bool = False) -> dict[str, torch.Tensor]:
         wave = load_audio(media, self.sampling_rate)
         features = self.extractor(wave, sampling_rate=self.sampling_rate, return_tensors="pt")
-        return {"input_values": features["input_values"][0]}
+        features = features["input_values"][0]  # [frames, mel bins]
+        if train and self.spec_augment:
+            features = spec_augment(
+                features, self.freq_mask, self.time_mask, freq_axis=1, time_axis=0
+            )
+        return {"input_values": features}
+
+    def config(self) -> dict[str, Any]:
+        return {
+            **super().config(),
+            "spec_augment": self.spec_augment,
+            "freq_mask": self.freq_mask,
+            "time_mask": self.time_mask,
+        }
 
 
 # --- Whisper encoder -----------------------------------------------------------------------------
@@ -114,8 +128,20 @@ class WhisperPerceiver(HFPerceiver):
     sampling_rate = SAMPLING_RATE
     loader = WhisperEncoderOnly
 
-    def __init__(self, *args: Any, max_seconds: float = 30.0, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        *args: Any,
+        max_seconds: float = 30.0,
+        spec_augment: bool = True,
+        freq_mask: int = 30,
+        time_mask: int = 192,
+        **kwargs: Any,
+    ) -> None:
+        """HFPerceiver's arguments, and SpecAugment in training, scaled from AST's AudioSet
+        setting: 30 of 80 mel bins (AST's 48 of 128) and 192 frames (1.92 s: both use 10 ms
+        frames; never more than the clip)."""
         super().__init__(*args, **kwargs)
+        self.spec_augment, self.freq_mask, self.time_mask = spec_augment, freq_mask, time_mask
         self.extractor = WhisperFeatureExtractor(feature_size=self.backbone.config.num_mel_bins)
         longest = self.backbone.config.max_source_positions * 2 * self.extractor.hop_length
         if max_seconds * self.sampling_rate > longest:
@@ -130,7 +156,12 @@ class WhisperPerceiver(HFPerceiver):
         features = self.extractor(
             wave, sampling_rate=self.sampling_rate, padding="longest", return_tensors="pt"
         )
-        return {"input_features": features["input_features"][0]}
+        features = features["input_features"][0]  # [mel bins, frames]
+        if train and self.spec_augment:
+            features = spec_augment(
+                features, self.freq_mask, self.time_mask, freq_axis=0, time_axis=1
+            )
+        return {"input_features": features}
 
     def collate(self, samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Pad to the longest clip with the log-mel of silence, and mark the real frames.
@@ -166,4 +197,10 @@ class WhisperPerceiver(HFPerceiver):
         return torch.stack([self.summarize(h) for h in levels], dim=1)
 
     def config(self) -> dict[str, Any]:
-        return {**super().config(), "max_seconds": self.max_seconds}
+        return {
+            **super().config(),
+            "max_seconds": self.max_seconds,
+            "spec_augment": self.spec_augment,
+            "freq_mask": self.freq_mask,
+            "time_mask": self.time_mask,
+        }

@@ -1,6 +1,7 @@
 """Image perceivers: HF vision transformers ("image") and timm ViTs ("timm-image").
 
-Also the image loading and frame transforms that the video perceivers reuse.
+Also the image transforms (eP-ALM's training augmentation) that the video perceivers reuse;
+decoding lives in ``epalm.data.media``.
 """
 
 from __future__ import annotations
@@ -9,10 +10,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import timm
 import torch
-from PIL import Image, ImageOps
 from torch import nn
 from torchvision.transforms import v2
 from transformers import AutoConfig, AutoImageProcessor, AutoModel
@@ -26,6 +25,7 @@ from transformers.image_utils import (
 )
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
 
+from epalm.data.media import load_image
 from epalm.encoders.backbone import HFPerceiver, resolve_summary
 from epalm.encoders.base import Perceiver
 from epalm.encoders.registry import register_perceiver
@@ -40,28 +40,7 @@ _DEFAULT_STATS: dict[str, Stats] = {
 }
 
 
-# --- loading and transforms ---------------------------------------------------------------
-def load_image(media: Any) -> torch.Tensor:
-    """A path, PIL image, ``[H, W(, C)]`` array or ``[(C,) H, W]`` tensor -> RGB ``[3, H, W]``.
-
-    Arrays and tensors keep their dtype (uint8, or float in [0, 1]).
-    """
-    if isinstance(media, (str, os.PathLike)):
-        with Image.open(media) as image:
-            media = ImageOps.exif_transpose(image).convert("RGB")
-    if isinstance(media, Image.Image):
-        media = np.asarray(media.convert("RGB"))
-    if isinstance(media, np.ndarray):
-        media = torch.from_numpy(np.array(media))  # a copy: PIL arrays are read-only
-        media = media.permute(2, 0, 1) if media.ndim == 3 else media
-    if not isinstance(media, torch.Tensor):
-        raise TypeError(f"cannot read an image from {type(media).__name__}")
-    if media.ndim == 2:
-        media = media.unsqueeze(0)
-    # grayscale -> RGB; drop alpha
-    return media.expand(3, -1, -1) if media.shape[0] == 1 else media[:3]
-
-
+# --- transforms -------------------------------------------------------------------------------
 def image_transform(
     size: int, mean: Sequence[float], std: Sequence[float], *, train: bool = False
 ) -> v2.Compose:

@@ -1,77 +1,21 @@
 """Video perceivers: HF video transformers ("video") and any image perceiver run per frame ("frames").
 
-Clips are cut to the backbone's frame count with eP-ALM's segment sampling.
+Clips are cut to the backbone's frame count with eP-ALM's segment sampling (``epalm.data.media``).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
 import torch
 
+from epalm.data.media import load_clip, sample_frames
+from epalm.data.media import read_video as read_video  # re-exported from its former home
+from epalm.data.media import segment_indices as segment_indices
 from epalm.encoders.backbone import HFPerceiver
 from epalm.encoders.base import Perceiver
-from epalm.encoders.image import ImagePreprocessing, image_stats, load_image
+from epalm.encoders.image import ImagePreprocessing, image_stats
 from epalm.encoders.registry import build_perceiver, register_perceiver
-
-
-# --- frame sampling and decoding ---------------------------------------------------------------
-def segment_indices(total: int, num: int, *, train: bool = False) -> list[int]:
-    """Split ``total`` frames into ``num`` equal segments and take the middle frame of each (a
-    random one in training). With fewer frames than segments, frames repeat in order."""
-    if total < 1:
-        raise ValueError("cannot sample frames from an empty clip")
-    edges = torch.linspace(0, total, num + 1, dtype=torch.float64)
-    where = torch.rand(num) if train else torch.full((num,), 0.5)  # position within a segment
-    position = edges[:-1] + (edges[1:] - edges[:-1]) * where
-    return position.floor().long().clamp(0, total - 1).tolist()
-
-
-def _count_frames(container: Any, stream: Any) -> int:
-    if stream.frames > 0:
-        return stream.frames
-    # the container does not say: count by decoding, then rewind
-    total = sum(1 for _ in container.decode(stream))
-    container.seek(0)
-    return total
-
-
-def read_video(path: str | os.PathLike, num_frames: int, *, train: bool = False) -> np.ndarray:
-    """Decode ``num_frames`` segment-sampled RGB frames ``[T, H, W, 3]`` uint8 with PyAV."""
-    import av  # only video files need it
-
-    with av.open(str(path)) as container:
-        stream = container.streams.video[0]
-        wanted = segment_indices(_count_frames(container, stream), num_frames, train=train)
-        # decode in order, converting only the frames we keep
-        kept: dict[int, np.ndarray] = {}
-        for index, frame in enumerate(container.decode(stream)):
-            if index in wanted:
-                kept[index] = frame.to_ndarray(format="rgb24")
-            if index >= wanted[-1]:
-                break
-    if not kept:
-        raise ValueError(f"no frames decoded from {path}")
-    # a header may overstate the length: frames past the real end repeat the last one kept
-    return np.stack([kept.get(i, kept[max(kept)]) for i in wanted])
-
-
-def sample_frames(media: Any, num_frames: int, *, train: bool = False) -> Sequence[Any]:
-    """A video path, a sequence of frames, ``[T, H, W, 3]`` array or ``[T, 3, H, W]`` tensor ->
-    ``num_frames`` of its frames (still raw: each one is anything ``load_image`` reads)."""
-    if isinstance(media, (str, os.PathLike)):
-        return read_video(media, num_frames, train=train)
-    return [media[i] for i in segment_indices(len(media), num_frames, train=train)]
-
-
-def load_clip(media: Any, num_frames: int, *, train: bool = False) -> torch.Tensor:
-    """Raw video -> ``[num_frames, 3, H, W]`` (frames must share one size)."""
-    return torch.stack(
-        [load_image(frame) for frame in sample_frames(media, num_frames, train=train)]
-    )
 
 
 # --- HF video transformers ---------------------------------------------------------------------

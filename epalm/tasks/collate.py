@@ -1,0 +1,113 @@
+"""Batches for training and evaluation: prompts, targets, labels and perceiver inputs.
+
+A dataset item is ``{"sample": Sample, "inputs": {slot: tensors of one sample}}``, or
+``{"sample": Sample, "error": reason}`` for a sample that could not be loaded: the collator
+drops it and lists it under the batch's ``"skipped"``. A batch whose items were all skipped
+has no tensors (``is_empty``): the training loop skips it, e.g. ``if is_empty(batch): continue``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from epalm.data.manifest import Sample
+from epalm.tasks.caption import caption_target
+from epalm.tasks.vqa import majority_answer
+from epalm.text import encode_prompts
+
+if TYPE_CHECKING:
+    from epalm.model import EPALM
+
+log = logging.getLogger(__name__)
+
+MODEL_KEYS = ("input_ids", "attention_mask", "labels", "media")
+
+
+class Collator:
+    """Turns dataset items into a batch for ``EPALM.forward`` (or, with ``generation=True``,
+    left-padded prompts without labels for ``EPALM.generate``).
+
+    ``train`` picks each caption sample's target at random with ``rng`` (seeded, for repeatable
+    runs; default ``random.Random(0)``), else its first caption; a question's target is its
+    majority answer either way. The collator keeps the model: DataLoader workers started by
+    spawn or forkserver get a pickled copy each, so prefer fork (Linux) or no workers there.
+    """
+
+    def __init__(
+        self,
+        model: EPALM,
+        *,
+        train: bool,
+        generation: bool = False,
+        rng: random.Random | None = None,
+    ):
+        self.model, self.train, self.generation = model, train, generation
+        self.rng = rng if rng is not None else random.Random(0)
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        kept, skipped = [], []
+        for item in items:
+            if "error" in item:
+                skipped.append((item["sample"].id, str(item["error"])))
+            elif "inputs" in item:
+                kept.append(item)
+            else:
+                raise ValueError(f"item for {item['sample'].id!r} has neither 'inputs' nor 'error'")
+        if skipped:
+            log.warning("skipped %d bad samples: %s", len(skipped), skipped)
+        if not kept:
+            return {"ids": [], "skipped": skipped}
+        samples = [item["sample"] for item in kept]
+        return {
+            **self._text(samples),
+            "media": self._media([item["inputs"] for item in kept], samples),
+            "ids": [s.id for s in samples],
+            "skipped": skipped,
+        }
+
+    def _text(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
+        questions = [s.question if s.task == "vqa" else None for s in samples]
+        if self.generation:
+            prompts = [self.model.prompt_for(q) for q in questions]
+            return encode_prompts(self.model.tokenizer, prompts)
+        return self.model.encode_targets([self._target(s) for s in samples], questions)
+
+    def _target(self, sample: Sample) -> str:
+        if sample.task == "vqa":
+            return majority_answer(sample.answers)
+        return caption_target(sample, self.rng if self.train else None)
+
+    def _media(
+        self, inputs: list[Mapping[str, Any]], samples: list[Sample]
+    ) -> dict[str, dict[str, torch.Tensor]]:
+        # The model takes each slot for the whole batch or not at all.
+        slots = {tuple(sorted(i)) for i in inputs}
+        if len(slots) > 1:
+            raise ValueError(
+                f"the samples of one batch must fill the same slots; got {sorted(slots)} "
+                f"(ids {[s.id for s in samples]})"
+            )
+        unknown = sorted(set(inputs[0]) - set(self.model.perceivers))
+        if unknown:
+            raise KeyError(
+                f"no perceiver for {unknown}; the model has {sorted(self.model.perceivers)}"
+            )
+        return {
+            slot: self.model.perceivers[slot].collate([i[slot] for i in inputs])
+            for slot in inputs[0]
+        }
+
+
+def is_empty(batch: Mapping[str, Any]) -> bool:
+    """True for a batch whose items were all skipped: nothing to run, only ``skipped``."""
+    return not batch["ids"]
+
+
+def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
+    """The keys ``EPALM.forward`` / ``EPALM.generate`` take (drops ids and skipped)."""
+    return {k: batch[k] for k in MODEL_KEYS if k in batch}

@@ -1,0 +1,162 @@
+"""VQA: the official answer normalisation, training targets, accuracy and exact match.
+
+The rules are those of the official VQA evaluation (GT-Vision-Lab/VQA, ``vqaEval.py``), quirks
+included, so local numbers agree with the evaluation server's:
+
+* a prediction is normalised in full: newlines and tabs become spaces, then punctuation, then
+  number words, articles and contractions (``normalize_answer``);
+* the annotators' answers only go through the punctuation step, and only when they disagree
+  (the official annotation files are already normalised);
+* accuracy averages, over every annotator left out in turn, ``min(#others matching / 3, 1)``.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from epalm.data.manifest import Sample
+
+log = logging.getLogger(__name__)
+
+# The official list of marks; "." has a rule of its own, and others ("'", ":", "&", ...) stay.
+_PUNCT = ';/[]"{}()=+\\_-><@`,?!'
+_COMMA_IN_NUMBER = re.compile(r"\d,\d")
+# Official pattern "(?!<=\d)(\.)(?!\d)": its first group is a lookahead that never matches
+# before a ".", so in effect a period goes unless a digit follows ("3.5" stays).
+_PERIOD = re.compile(r"\.(?!\d)")
+# The official call passes re.UNICODE (32) where re.sub takes ``count``: at most 32 periods go.
+_PERIOD_LIMIT = 32
+_NUMBERS = dict(
+    none="0", zero="0", one="1", two="2", three="3", four="4", five="5",
+    six="6", seven="7", eight="8", nine="9", ten="10",
+)  # fmt: skip
+_ARTICLES = frozenset({"a", "an", "the"})
+# The official table as "written:fixed" pairs. Its entries that can never fire are left out
+# (capitalised keys, as words are lower-cased first; identities such as "let's"); its one
+# backwards entry, "somebody'd" -> "somebodyd", is kept, since it changes results.
+_CONTRACTION_PAIRS = """
+    aint:ain't arent:aren't cant:can't couldve:could've couldnt:couldn't couldn'tve:couldn't've
+    couldnt've:couldn't've didnt:didn't doesnt:doesn't dont:don't hadnt:hadn't
+    hadnt've:hadn't've hadn'tve:hadn't've hasnt:hasn't havent:haven't hed:he'd hed've:he'd've
+    he'dve:he'd've hes:he's howd:how'd howll:how'll hows:how's isnt:isn't itd:it'd
+    itd've:it'd've it'dve:it'd've itll:it'll maam:ma'am mightnt:mightn't mightnt've:mightn't've
+    mightn'tve:mightn't've mightve:might've mustnt:mustn't mustve:must've neednt:needn't
+    notve:not've oclock:o'clock oughtnt:oughtn't ow's'at:'ow's'at 'ows'at:'ow's'at
+    'ow'sat:'ow's'at shant:shan't shed've:she'd've she'dve:she'd've shouldve:should've
+    shouldnt:shouldn't shouldnt've:shouldn't've shouldn'tve:shouldn't've somebody'd:somebodyd
+    somebodyd've:somebody'd've somebody'dve:somebody'd've somebodyll:somebody'll
+    somebodys:somebody's someoned:someone'd someoned've:someone'd've someone'dve:someone'd've
+    someonell:someone'll someones:someone's somethingd:something'd somethingd've:something'd've
+    something'dve:something'd've somethingll:something'll thats:that's thered:there'd
+    thered've:there'd've there'dve:there'd've therere:there're theres:there's theyd:they'd
+    theyd've:they'd've they'dve:they'd've theyll:they'll theyre:they're theyve:they've
+    twas:'twas wasnt:wasn't wed've:we'd've we'dve:we'd've weve:we've werent:weren't
+    whatll:what'll whatre:what're whats:what's whatve:what've whens:when's whered:where'd
+    wheres:where's whereve:where've whod:who'd whod've:who'd've who'dve:who'd've wholl:who'll
+    whos:who's whove:who've whyll:why'll whyre:why're whys:why's wont:won't wouldve:would've
+    wouldnt:wouldn't wouldnt've:wouldn't've wouldn'tve:wouldn't've yall:y'all yall'll:y'all'll
+    y'allll:y'all'll yall'd've:y'all'd've y'alld've:y'all'd've y'all'dve:y'all'd've youd:you'd
+    youd've:you'd've you'dve:you'd've youll:you'll youre:you're youve:you've
+"""
+_CONTRACTIONS = dict(pair.split(":") for pair in _CONTRACTION_PAIRS.split())
+# Cut generated text at sentence-ending punctuation followed by a space or the end. Training
+# targets are normalised (periods survive only before digits), so a trained model puts such a
+# mark only where its answer ends: "yes. the man is..." -> "yes", "3.5" stays.
+_ANSWER_END = re.compile(r"[.!?](?=\s|$)")
+
+
+def process_punctuation(text: str) -> str:
+    """The official punctuation step.
+
+    Each mark is deleted where it touches a space (or anywhere, once the text holds a comma
+    between digits: "1,000" -> "1000"), else it becomes a space ("red,blue" -> "red blue");
+    the decision looks at the original text. Periods go unless a digit follows.
+    """
+    glue = _COMMA_IN_NUMBER.search(text) is not None
+    table = {ord(p): "" if glue or f"{p} " in text or f" {p}" in text else " " for p in _PUNCT}
+    return _PERIOD.sub("", text.translate(table), count=_PERIOD_LIMIT)
+
+
+def process_digit_article(text: str) -> str:
+    """The official word step: lower-case, number words to digits, articles out, contractions fixed."""
+    words = [_NUMBERS.get(w, w) for w in text.lower().split()]
+    return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
+
+
+def normalize_answer(text: str) -> str:
+    """An answer as the official evaluation normalises a prediction."""
+    text = text.replace("\n", " ").replace("\t", " ").strip()
+    return process_digit_article(process_punctuation(text))
+
+
+def majority_answer(answers: Sequence[str]) -> str:
+    """The most frequent normalised answer (ties: the first in order): the training target."""
+    if not answers:
+        raise ValueError("a VQA sample needs at least one answer")
+    counts = Counter(normalize_answer(a) for a in answers)
+    return max(counts, key=counts.__getitem__)  # max keeps the first of equals
+
+
+def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
+    """The official VQA accuracy of one prediction against every annotator's answer.
+
+    Averaged over leaving each annotator out: ``min(#other annotators matching / 3, 1)``, with
+    however many answers there are (with two or three, even a unanimous match stays below 1,
+    as the official formula gives). A single answer leaves no one to compare with once left
+    out, so it scores as ``exact_match`` instead of always 0.
+    """
+    if len(answers) < 2:
+        return exact_match(prediction, answers)
+    predicted = normalize_answer(prediction)
+    truth = [process_punctuation(a) for a in answers] if len(set(answers)) > 1 else answers
+    matches = [a == predicted for a in truth]
+    total = sum(matches)
+    return sum(min((total - m) / 3, 1.0) for m in matches) / len(matches)
+
+
+def exact_match(prediction: str, answers: Sequence[str]) -> float:
+    """1.0 when the normalised prediction equals the most common normalised answer, else 0.0.
+
+    The video-QA metric (MSRVTT-QA, MSVD-QA: one answer per question); against the majority
+    answer, which is also the training target, rather than against any answer.
+    """
+    return float(normalize_answer(prediction) == majority_answer(answers))
+
+
+def clean_answer(text: str) -> str:
+    """Generated text -> the answer: first line, cut at the sentence's end, lower-cased."""
+    first_line = text.strip().split("\n", 1)[0]
+    return _ANSWER_END.split(first_line, 1)[0].strip().lower()
+
+
+def vqa_scores(predictions: Mapping[str, str], samples: Iterable[Sample]) -> dict[str, Any]:
+    """Mean VQA accuracy and exact match over ``samples`` (QA samples), by sample id.
+
+    A sample without a prediction scores 0 and is counted in ``missing``, so a skipped sample
+    can never raise the score.
+    """
+    samples = list(samples)
+    if not samples:
+        raise ValueError("no samples to score")
+    missing = [s.id for s in samples if s.id not in predictions]
+    accuracy = exact = 0.0
+    for s in samples:
+        if s.answers is None:
+            raise ValueError(f"sample {s.id!r} is a caption sample, not a question")
+        if s.id in predictions:
+            accuracy += vqa_accuracy(predictions[s.id], s.answers)
+            exact += exact_match(predictions[s.id], s.answers)
+    notes = []
+    if missing:
+        notes.append(f"{len(missing)} samples had no prediction and scored 0: {missing[:5]}")
+        log.warning(notes[-1])
+    return {
+        "metrics": {"vqa_accuracy": accuracy / len(samples), "exact_match": exact / len(samples)},
+        "count": len(samples),
+        "missing": len(missing),
+        "notes": notes,
+    }

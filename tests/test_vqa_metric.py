@@ -1,0 +1,137 @@
+"""VQA accuracy and answer handling, on cases worked out by hand from the official rules."""
+
+import json
+
+import pytest
+
+from epalm.data.manifest import Sample
+from epalm.tasks import (
+    clean_answer,
+    exact_match,
+    majority_answer,
+    normalize_answer,
+    vqa_accuracy,
+    vqa_scores,
+    write_predictions,
+)
+
+
+@pytest.mark.parametrize(
+    ("raw", "normalised"),
+    [
+        ("Two", "2"),  # number words become digits, after lower-casing
+        ("none", "0"),
+        ("a dog", "dog"),  # articles go
+        ("The Dog!", "dog"),  # "!" vanishes: nothing else decides, it becomes a space, stripped
+        ("dont", "don't"),  # contractions are fixed
+        ("somebody'd", "somebodyd"),  # the official table's one backwards entry
+        ("yes.", "yes"),  # a period not followed by a digit goes
+        ("3.5", "3.5"),  # a period before a digit stays
+        ("2.", "2"),
+        ("1,000", "1000"),  # a comma between digits: every mark is deleted, not spaced
+        ("1,000 dogs, 2 cats", "1000 dogs 2 cats"),
+        ("red,blue", "red blue"),  # a mark touching no space becomes a space
+        ("red, blue", "red blue"),  # a mark beside a space is deleted
+        ("black/white", "black white"),
+        ("  yes\n", "yes"),
+        ("don't", "don't"),  # the apostrophe is not one of the marks
+    ],
+)
+def test_normalisation(raw, normalised):
+    assert normalize_answer(raw) == normalised
+
+
+def ten(matching, prediction="dog"):
+    """10 annotators: ``matching`` say ``prediction``, the rest "cat"."""
+    return [prediction] * matching + ["cat"] * (10 - matching)
+
+
+# With k of 10 annotators matching, leaving out a matching one leaves k-1 matches, leaving
+# out another leaves k: accuracy = (k * min((k-1)/3, 1) + (10-k) * min(k/3, 1)) / 10.
+@pytest.mark.parametrize(
+    ("k", "expected"),
+    [
+        (0, 0.0),
+        (1, 0.3),  # (1 * 0/3 + 9 * 1/3) / 10 = 3/10
+        (2, 0.6),  # (2 * 1/3 + 8 * 2/3) / 10 = (2/3 + 16/3) / 10 = 6/10
+        (3, 0.9),  # (3 * 2/3 + 7 * 1) / 10 = (2 + 7) / 10
+        (4, 1.0),  # (4 * 1 + 6 * 1) / 10: 3 of the others match whoever is left out
+        (10, 1.0),
+    ],
+)
+def test_accuracy_leave_one_out(k, expected):
+    assert vqa_accuracy("A dog.", ten(k)) == pytest.approx(expected)
+
+
+def test_accuracy_normalises_the_prediction():
+    assert vqa_accuracy("Two", ["2"] * 3 + ["3"] * 7) == pytest.approx(0.9)
+    assert vqa_accuracy("dont", ["don't"] * 2 + ["no"] * 8) == pytest.approx(0.6)
+    assert vqa_accuracy("1,000", ["1000"] + ["100"] * 9) == pytest.approx(0.3)
+    assert vqa_accuracy("3.5", ["3.5"] * 4 + ["35"] * 6) == 1.0
+    assert vqa_accuracy("35", ["3.5"] * 4 + ["35"] * 6) == 1.0  # 6 say "35"
+
+
+def test_fewer_than_ten_answers():
+    # yes, yes, no; predicted yes. Leave out a "yes": 1 of {yes, no} matches -> 1/3 (twice);
+    # leave out "no": 2 of {yes, yes} match -> 2/3. Mean (1/3 + 1/3 + 2/3) / 3 = 4/9.
+    assert vqa_accuracy("yes", ["yes", "yes", "no"]) == pytest.approx(4 / 9)
+    # Two answers, both matching: each left out leaves 1 match -> 1/3 (the formula's ceiling).
+    assert vqa_accuracy("yes", ["yes", "yes"]) == pytest.approx(1 / 3)
+    # One answer: no one is left to compare with, so it is exact match.
+    assert vqa_accuracy("Yes.", ["yes"]) == 1.0
+    assert vqa_accuracy("no", ["yes"]) == 0.0
+    with pytest.raises(ValueError, match="at least one answer"):
+        vqa_accuracy("yes", [])
+
+
+def test_official_quirks_on_the_annotators_side():
+    # Annotators' answers get only the punctuation step, and only when they disagree.
+    assert vqa_accuracy("dog", ["dog."] * 3 + ["cat"] * 7) == pytest.approx(0.9)
+    assert vqa_accuracy("dog", ["dog."] * 10) == 0.0  # unanimous: left as they are
+    assert vqa_accuracy("two", ["two"] * 4 + ["cat"] * 6) == 0.0  # "2" never meets "two"
+
+
+def test_majority_answer_is_the_target():
+    assert majority_answer(["Two", "2", "3"]) == "2"  # normalised before counting
+    assert majority_answer(["Red", "blue", "red", "blue"]) == "red"  # a tie: the first
+    assert majority_answer(["a cat"]) == "cat"
+
+
+def test_exact_match_against_the_majority_answer():
+    assert exact_match("Two.", ["2"]) == 1.0
+    assert exact_match("2", ["2", "3", "3"]) == 0.0  # "2" is an answer, not the most common
+
+
+@pytest.mark.parametrize(
+    ("generated", "answer"),
+    [
+        ("  Yes. The man is holding a racket.", "yes"),
+        ("3.5 meters\nQuestion: what", "3.5 meters"),
+        ("Blue!", "blue"),
+        ("red and white", "red and white"),
+    ],
+)
+def test_clean_answer(generated, answer):
+    assert clean_answer(generated) == answer
+
+
+def qa(id, answers):
+    return Sample(id, "val", "image", ["x.jpg"], question="what?", answers=answers)
+
+
+def test_scores_count_missing_predictions_as_wrong():
+    samples = [qa("vqa-1", ten(3)), qa("vqa-2", ["yes"] * 10), qa("vqa-3", ["no"] * 10)]
+    result = vqa_scores({"vqa-1": "dog", "vqa-2": "yes"}, samples)
+    assert result["metrics"]["vqa_accuracy"] == pytest.approx((0.9 + 1.0 + 0.0) / 3)
+    assert result["metrics"]["exact_match"] == pytest.approx((0 + 1 + 0) / 3)  # "cat" wins vqa-1
+    assert result["missing"] == 1 and "vqa-3" in result["notes"][0]
+
+
+def test_vqa_predictions_file(tmp_path):
+    path = tmp_path / "answers.json"
+    write_predictions(path, {"vqa-458752000": "racket", "q7": "2"}, "vqa")
+    assert json.loads(path.read_text()) == [
+        {"question_id": 458752000, "answer": "racket"},
+        {"question_id": "q7", "answer": "2"},
+    ]
+    assert [p.name for p in tmp_path.iterdir()] == ["answers.json"]  # no temporary left
