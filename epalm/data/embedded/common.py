@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from epalm.data.manifest import Sample
 
@@ -71,6 +72,28 @@ def media_samples(
             )
         )
     return samples
+
+
+def synthesize(
+    out_dir: Path,
+    seed: int,
+    sizes: dict[str, int],
+    *,
+    name: str,
+    plan: Callable[[int, str, int], list[Any]],
+    write: Callable[[Path, Any], None],
+    media: Callable[[str, int], str],
+    samples: Callable[[Any, str, int], list[Sample]],
+) -> dict[str, list[Sample]]:
+    """Plan each split's items, write each one's media file (with a progress bar), and return
+    every split's samples."""
+    by_split = {}
+    for split, n in sizes.items():
+        items = plan(seed, split, n)
+        for i, item in enumerate(tqdm(items, desc=f"{name} {split}", unit="item")):
+            write(out_dir / media(split, i), item)
+        by_split[split] = [s for i, item in enumerate(items) for s in samples(item, split, i)]
+    return by_split
 
 
 def blind_accuracy(train: list[Sample], test: list[Sample]) -> dict[str, dict[str, float]]:

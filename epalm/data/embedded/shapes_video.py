@@ -13,7 +13,6 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
-from tqdm import tqdm
 
 from epalm.data.embedded.common import (
     NUMBER_WORDS,
@@ -22,6 +21,7 @@ from epalm.data.embedded.common import (
     balanced,
     media_samples,
     split_rng,
+    synthesize,
 )
 from epalm.data.manifest import Sample
 
@@ -114,12 +114,16 @@ def write_mp4(path: Path, frames: np.ndarray) -> None:
 
 def build(out_dir: Path, seed: int, sizes: dict[str, int]) -> Built:
     (out_dir / "videos").mkdir()
-    samples = {}
-    for split, n in sizes.items():
-        clips = plan(seed, split, n)
-        for i, clip in enumerate(tqdm(clips, desc=f"shapes-video {split}", unit="clip")):
-            write_mp4(out_dir / _media(split, i), render(clip))
-        samples[split] = [s for i, clip in enumerate(clips) for s in _samples(clip, split, i)]
+    samples = synthesize(
+        out_dir,
+        seed,
+        sizes,
+        name="shapes-video",
+        plan=plan,
+        write=lambda path, item: write_mp4(path, render(item)),
+        media=_media,
+        samples=_samples,
+    )
     provenance = {
         "generator": __name__,
         "frames": FRAMES,

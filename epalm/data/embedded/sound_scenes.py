@@ -13,7 +13,6 @@ from itertools import permutations
 from pathlib import Path
 
 import numpy as np
-from tqdm import tqdm
 
 from epalm.data.embedded.common import (
     NUMBER_WORDS,
@@ -22,6 +21,7 @@ from epalm.data.embedded.common import (
     balanced,
     media_samples,
     split_rng,
+    synthesize,
 )
 from epalm.data.manifest import Sample
 
@@ -114,12 +114,16 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
 
 def build(out_dir: Path, seed: int, sizes: dict[str, int]) -> Built:
     (out_dir / "audio").mkdir()
-    samples = {}
-    for split, n in sizes.items():
-        scenes = plan(seed, split, n)
-        for i, scene in enumerate(tqdm(scenes, desc=f"sound-scenes {split}", unit="scene")):
-            write_wav(out_dir / _media(split, i), render(scene))
-        samples[split] = [s for i, scene in enumerate(scenes) for s in _samples(scene, split, i)]
+    samples = synthesize(
+        out_dir,
+        seed,
+        sizes,
+        name="sound-scenes",
+        plan=plan,
+        write=lambda path, item: write_wav(path, render(item)),
+        media=_media,
+        samples=_samples,
+    )
     provenance = {
         "generator": __name__,
         "sample_rate": RATE,
