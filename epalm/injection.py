@@ -13,6 +13,10 @@ input on, holding the placeholder. Text attends to that constant in the layers b
 it carries no information, and keeping the sequence length fixed lets HF's masks, rotary
 positions and KV cache work unchanged.
 
+The placeholder's hidden state stays exactly zero until the first injection layer; gradients
+into it are cut there (they would cross RMSNorm at zero input and overflow on deep LMs), which
+changes no gradient of a trained parameter.
+
 With a KV cache, only the first forward call of a generation (nothing cached yet) contains the
 prefix; later calls see only new tokens, whose keys already hold the injected slots.
 """
@@ -23,6 +27,7 @@ import operator
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 import torch
@@ -119,6 +124,7 @@ class Injector:
         self.prompt_tokens = prompt_tokens
         self._active: _Active | None = None
         layers = decoder_layers(lm)
+        first = min(self.schedule, default=len(layers))
         self._handles = [
             lm.register_forward_pre_hook(self._see_cache, with_kwargs=True),
             lm.get_input_embeddings().register_forward_hook(self._embed_prefix),
@@ -127,6 +133,10 @@ class Injector:
                     self._make_layer_hook(level), with_kwargs=True
                 )
                 for index, level in self.schedule.items()
+            ),
+            *(
+                layers[index].register_forward_pre_hook(self._detach_slots, with_kwargs=True)
+                for index in range(1, first)
             ),
         ]
 
@@ -182,13 +192,27 @@ class Injector:
             active = self._active
             if active is None or not active.at_start:
                 return None
-            hidden = args[0] if args else kwargs["hidden_states"]
-            hidden = self._place_tokens(hidden, active.slot_tokens, level)
-            if args:
-                return (hidden, *args[1:]), kwargs
-            return args, {**kwargs, "hidden_states": hidden}
+            place = partial(self._place_tokens, slot_tokens=active.slot_tokens, level=level)
+            return _with_hidden(args, kwargs, place)
 
         return hook
+
+    def _detach_slots(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]):
+        """Cut gradients into the slots before their first injection layer.
+
+        There a slot holds the zero placeholder, whose hidden state stays exactly zero through
+        every layer; gradients flowing back into it cross RMSNorm at zero input, which scales
+        them by 1/sqrt(eps), and overflow to NaN over enough layers (seen on SmolLM2-135M, first
+        injection layer 17). Nothing trainable lies behind the placeholder, so no gradient that
+        matters changes.
+        """
+        active = self._active
+        if active is None or not active.at_start or not torch.is_grad_enabled():
+            return None
+        slots = self.num_slots
+        return _with_hidden(
+            args, kwargs, lambda h: torch.cat([h[:, :slots].detach(), h[:, slots:]], 1)
+        )
 
     def _place_tokens(
         self, hidden: torch.Tensor, slot_tokens: Sequence[torch.Tensor | None], level: int
@@ -200,6 +224,13 @@ class Injector:
             for i, tokens in enumerate(slot_tokens)
         ]
         return torch.cat([*slots, hidden[:, self.num_slots :]], dim=1)
+
+
+def _with_hidden(args: tuple, kwargs: dict[str, Any], change) -> tuple[tuple, dict[str, Any]]:
+    """A decoder layer pre-hook's result: its hidden states (first argument) changed."""
+    if args:
+        return (change(args[0]), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": change(kwargs["hidden_states"])}
 
 
 def _match_batch(tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:

@@ -232,3 +232,29 @@ def test_padding_is_never_a_target():
     batch = model.encode_targets(["a", "a much longer caption"])
     assert (batch["labels"][batch["attention_mask"] == 0] == -100).all()
     assert (batch["attention_mask"][0] == 0).any()
+
+
+def test_cutting_gradients_into_the_placeholder_changes_no_trained_gradient(monkeypatch):
+    """Slots are detached before their first injection layer (against NaN on deep LMs); that
+    must leave every trained gradient exactly as it was."""
+    from epalm import EPALM
+    from epalm.injection import Injector
+    from epalm.testing import tiny_config, tiny_tokenizer
+
+    def trained_grads():
+        torch.manual_seed(0)
+        config = tiny_config("llama", ["image"], prompt_tokens=3)
+        config.injection.first_layer = 2  # layers 1 and 2 cut the slots' gradient
+        model = EPALM(config, tokenizer=tiny_tokenizer()).train()
+        model(**training_batch(model), media=media_batch(model, ["image"])).loss.backward()
+        return {n: p.grad.clone() for n, p in model.named_parameters() if p.requires_grad}
+
+    calls = []
+    original = Injector._detach_slots
+    monkeypatch.setattr(Injector, "_detach_slots", lambda *a: calls.append(1) or original(*a))
+    with_cut = trained_grads()
+    assert len(calls) == 1  # layer 1 only: layer 2 is the first injection layer
+    monkeypatch.setattr(Injector, "_detach_slots", lambda *a: None)
+    without_cut = trained_grads()
+    for name, grad in with_cut.items():
+        torch.testing.assert_close(grad, without_cut[name], rtol=1e-5, atol=1e-7)

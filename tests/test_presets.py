@@ -82,6 +82,22 @@ def test_the_embedded_default_model_runs_end_to_end(tmp_path):
     caption = model.caption(data.chelsea(), num_beams=1, max_new_tokens=8)
     assert isinstance(caption, str)
 
+    # a few steps on a fixed batch: finite gradients through all 30 layers, and the loss falls
+    model.train()
+    batch = model.encode_targets(["a cat", "a rocket"])
+    media = model.preprocess({"image": [data.chelsea(), data.rocket()]})
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-3)
+    losses = []
+    for _ in range(3):
+        optimizer.zero_grad()
+        loss = model(**batch, media=media).loss
+        loss.backward()
+        assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0], losses
+    model.eval()
+
     model.save_pretrained(tmp_path)
     saved = EPALMConfig.load(tmp_path / "config.json")
     assert (
