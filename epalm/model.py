@@ -164,7 +164,7 @@ class EPALM(nn.Module):
         self, media: Mapping[str, Sequence[Any]], train: bool = False
     ) -> dict[str, dict[str, torch.Tensor]]:
         """Raw media per slot (a list of samples each) -> batched perceiver inputs."""
-        self._check_slots(media)
+        self.check_slots(media)
         return {
             slot: self.perceivers[slot].collate(
                 [self.perceivers[slot].preprocess(m, train=train) for m in samples]
@@ -184,7 +184,7 @@ class EPALM(nn.Module):
         are given.
         """
         media, features = media or {}, features or {}
-        self._check_slots({**media, **features})
+        self.check_slots({**media, **features})
         tokens = []
         for slot, perceiver in self.perceivers.items():
             feats = features.get(slot)
@@ -199,7 +199,8 @@ class EPALM(nn.Module):
             )
         return tokens
 
-    def _check_slots(self, given: Mapping[str, Any]) -> None:
+    def check_slots(self, given: Mapping[str, Any]) -> None:
+        """A KeyError naming any slot in ``given`` this model has no perceiver for."""
         unknown = sorted(set(given) - set(self.perceivers))
         if unknown:
             raise KeyError(

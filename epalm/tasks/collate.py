@@ -92,11 +92,7 @@ class Collator:
                 f"the samples of one batch must fill the same slots; got {sorted(slots)} "
                 f"(ids {[s.id for s in samples]})"
             )
-        unknown = sorted(set(inputs[0]) - set(self.model.perceivers))
-        if unknown:
-            raise KeyError(
-                f"no perceiver for {unknown}; the model has {sorted(self.model.perceivers)}"
-            )
+        self.model.check_slots(inputs[0])
         return {
             slot: self.model.perceivers[slot].collate([i[slot] for i in inputs])
             for slot in inputs[0]
