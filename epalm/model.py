@@ -166,9 +166,7 @@ class EPALM(nn.Module):
         """Raw media per slot (a list of samples each) -> batched perceiver inputs."""
         self.check_slots(media)
         return {
-            slot: self.perceivers[slot].collate(
-                [self.perceivers[slot].preprocess(m, train=train) for m in samples]
-            )
+            slot: self.perceivers[slot].prepare(samples, train=train)
             for slot, samples in media.items()
         }
 

@@ -76,9 +76,13 @@ class Perceiver(nn.Module, ABC):
     def train(self, mode: bool = True) -> Perceiver:
         return super().train(False)
 
+    def prepare(self, media: Sequence[Any], *, train: bool = False) -> dict[str, torch.Tensor]:
+        """A list of raw media -> one batch of inputs (preprocess each, then collate)."""
+        return self.collate([self.preprocess(m, train=train) for m in media])
+
     def encode(self, media: Sequence[Any]) -> torch.Tensor:
-        """Convenience: preprocess, collate and run a list of raw media."""
-        batch = self.collate([self.preprocess(m) for m in media])
+        """Convenience: prepare and run a list of raw media."""
+        batch = self.prepare(media)
         device = next(self.parameters()).device
         with torch.no_grad():
             return self(**{k: v.to(device) for k, v in batch.items()})
