@@ -15,10 +15,9 @@ from PIL import Image
 from torch import nn
 from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, WhisperForConditionalGeneration
 
+from epalm.data.media import load_audio, load_clip, load_image, read_video, segment_indices
 from epalm.encoders import available_perceivers, build_perceiver, get_perceiver_class
-from epalm.encoders.audio import load_audio, real_length
-from epalm.encoders.image import load_image
-from epalm.encoders.video import load_clip, read_video, segment_indices
+from epalm.encoders.audio import real_length
 from epalm.testing.perceivers import TINY_WHISPER, sample_media, tiny_perceiver_kwargs
 from epalm.zoo import config_from_dict
 

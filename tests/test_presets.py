@@ -57,7 +57,7 @@ def test_frame_wise_video_perceiver_on_a_real_mp4():
     assert features.shape == (2, 12, 384) and torch.isfinite(features).all()
 
     # the same as running the image perceiver on the 8 decoded middle-of-segment frames
-    from epalm.encoders.video import read_video
+    from epalm.data.media import read_video
 
     frames = read_video(bunny, 8)
     assert frames.shape == (8, 720, 1280, 3) and len({f.tobytes() for f in frames}) == 8

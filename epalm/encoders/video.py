@@ -10,8 +10,6 @@ from typing import Any
 import torch
 
 from epalm.data.media import load_clip, sample_frames
-from epalm.data.media import read_video as read_video  # re-exported from its former home
-from epalm.data.media import segment_indices as segment_indices
 from epalm.encoders.backbone import HFPerceiver
 from epalm.encoders.base import Perceiver
 from epalm.encoders.image import ImagePreprocessing, image_stats
