@@ -236,6 +236,20 @@ def test_frames_perceiver_is_the_mean_over_frames_of_its_image_perceiver():
     )  # frames differ, so the mean means something
 
 
+def test_mean_plus_delta_pooling_tells_a_clip_from_its_reverse():
+    name, kwargs = tiny_perceiver_kwargs("video")
+    perceiver = build_perceiver(name, **{**kwargs, "pool": "mean+delta"})
+    assert perceiver.hidden_size == 2 * perceiver.image.hidden_size == 64
+    clip = sample_media("video")[:4]  # 4 frames, each a segment of its own
+    forward, backward = perceiver.encode([clip, clip[::-1].copy()])
+    width = perceiver.image.hidden_size
+    torch.testing.assert_close(forward[:, :width], backward[:, :width])  # the same mean
+    torch.testing.assert_close(forward[:, width:], -backward[:, width:])  # reversed change
+    per_frame = perceiver.image.encode(list(clip))
+    torch.testing.assert_close(forward[:, width:], per_frame[2:].mean(0) - per_frame[:2].mean(0))
+    assert forward[:, width:].abs().max() > 1e-3
+
+
 @pytest.mark.parametrize("key", ["frames", "timesformer"])
 def test_training_augments_every_frame_alike(key):
     perceiver = build(key)
@@ -311,6 +325,25 @@ def test_whisper_collate_pads_with_the_extractors_silence():
     levels = perceiver.hidden_states(batch["input_features"])
     torch.testing.assert_close(out[0], torch.stack([h[0, :50].mean(0) for h in levels]))
     torch.testing.assert_close(out[1], torch.stack([h[1].mean(0) for h in levels]))
+
+
+def test_mean_plus_delta_summary_adds_the_later_half_minus_the_earlier_over_real_positions():
+    perceiver = build("whisper", summary="mean+delta")
+    assert perceiver.hidden_size == 2 * 32
+    short, long = sample_media("audio", seed=0), np.tile(sample_media("audio", seed=1), 2)
+    batch = perceiver.collate([perceiver.preprocess(short), perceiver.preprocess(long)])
+    out = perceiver(**batch)
+    assert out.shape == (2, 4, 64)
+    levels = perceiver.hidden_states(batch["input_features"])
+    for row, real in ((0, 50), (1, 100)):  # encoder positions of real audio
+        expected = torch.stack(
+            [
+                torch.cat([h[row, :real].mean(0), h[row, real // 2 : real].mean(0)
+                           - h[row, : real // 2].mean(0)])
+                for h in levels
+            ]
+        )  # fmt: skip
+        torch.testing.assert_close(out[row], expected)
 
 
 def test_whisper_from_a_full_checkpoint_directory(tmp_path):

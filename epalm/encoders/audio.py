@@ -190,11 +190,9 @@ class WhisperPerceiver(HFPerceiver):
         self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:
         levels = self.hidden_states(input_features)
-        if self.summary == "mean" and attention_mask is not None:
-            # average the real positions only: one encoder position per two mel frames
-            keep = attention_mask[:, ::2, None].to(levels[0].dtype)
-            return torch.stack([(h * keep).sum(1) / keep.sum(1) for h in levels], dim=1)
-        return torch.stack([self.summarize(h) for h in levels], dim=1)
+        # the real positions only: one encoder position per two mel frames
+        real = None if attention_mask is None else attention_mask[:, ::2]
+        return torch.stack([self.summarize(h, real) for h in levels], dim=1)
 
     def config(self) -> dict[str, Any]:
         return {

@@ -27,11 +27,16 @@ def has_cls_token(module: nn.Module) -> bool:
     )
 
 
+SUMMARIES = ("cls", "mean", "mean+delta")
+
+
 def resolve_summary(summary: str, backbone: nn.Module) -> str:
     if summary == "auto":
         return "cls" if has_cls_token(backbone) else "mean"
-    if summary not in ("cls", "mean"):
-        raise ValueError(f"summary must be 'auto', 'cls' or 'mean', got {summary!r}")
+    if summary not in SUMMARIES:
+        raise ValueError(
+            f"summary must be 'auto' or one of {', '.join(SUMMARIES)}, got {summary!r}"
+        )
     return summary
 
 
@@ -59,9 +64,10 @@ class HFPerceiver(Perceiver):
         # Whisper, not for ViT); turning that off makes every level a raw block output.
         self.backbone.config.tie_last_hidden_states = False
         self.final_norm = final_norm
-        self.hidden_size = self.backbone.config.hidden_size
-        self.num_levels = self.backbone.config.num_hidden_layers
         self.summary = resolve_summary(summary, self.backbone)
+        width = self.backbone.config.hidden_size
+        self.hidden_size = 2 * width if self.summary == "mean+delta" else width
+        self.num_levels = self.backbone.config.num_hidden_layers
 
     def norm_layer(self) -> nn.Module:
         """The backbone's final norm; identity when disabled or absent (mean-pooling VideoMAE)."""

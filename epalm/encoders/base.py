@@ -54,14 +54,32 @@ class Perceiver(nn.Module, ABC):
         """Stack preprocessed samples into a batch (override to pad variable lengths)."""
         return {key: torch.stack([s[key] for s in samples]) for key in samples[0]}
 
-    def summarize(self, hidden: torch.Tensor) -> torch.Tensor:
-        """One layer ``[batch, tokens, hidden]`` -> ``[batch, hidden]``."""
+    def summarize(self, hidden: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
+        """One layer ``[batch, tokens, hidden]`` -> ``[batch, hidden]`` (``[batch, 2 * hidden]``
+        for "mean+delta"); ``mask`` ``[batch, tokens]`` marks real tokens for the means.
+
+        "mean+delta" appends the mean of the later half of the real tokens minus that of the
+        earlier half: for a sequence in time (audio) it keeps what a plain mean loses, which
+        event came first.
+        """
         if self.summary == "cls":
             return hidden[:, 0]
+        if mask is None:
+            mask = hidden.new_ones(hidden.shape[:2])
+        mask = mask.to(hidden.dtype)
+        mean = _masked_mean(hidden, mask)
         if self.summary == "mean":
-            return hidden.mean(dim=1)
+            return mean
+        if self.summary == "mean+delta":
+            # rank of each real token among its sample's real tokens, and their count
+            rank, count = mask.cumsum(1) - 1, mask.sum(1, keepdim=True)
+            early = mask * (rank < count // 2)
+            late = mask * (rank >= count - count // 2)
+            delta = _masked_mean(hidden, late) - _masked_mean(hidden, early)
+            return torch.cat([mean, delta], dim=-1)
         raise ValueError(
-            f"{type(self).__name__}: unknown summary {self.summary!r} (use 'cls' or 'mean')"
+            f"{type(self).__name__}: unknown summary {self.summary!r} "
+            "(use 'cls', 'mean' or 'mean+delta')"
         )
 
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
@@ -86,3 +104,7 @@ class Perceiver(nn.Module, ABC):
         device = next(self.parameters()).device
         with torch.no_grad():
             return self(**{k: v.to(device) for k, v in batch.items()})
+
+
+def _masked_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    return (hidden * weights[..., None]).sum(1) / weights.sum(1, keepdim=True).clamp(min=1)
