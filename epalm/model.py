@@ -28,6 +28,8 @@ from epalm.zoo.cache import using_cache
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+# lm.tokenizer naming epalm's byte-level tokenizer, for tiny random LMs (tests, smoke runs)
+BYTE_TOKENIZER = "epalm-bytes"
 # eP-ALM's evaluation decoding: open-ended beam search, at most 30 new tokens.
 DEFAULT_GENERATION = {"num_beams": 3, "max_new_tokens": 30}
 
@@ -250,29 +252,55 @@ class EPALM(nn.Module):
         **lm_kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """The LM's output on ``input_ids`` (text only; logits align with it), loss on ``labels``."""
+        if labels is not None:
+            prefix = labels.new_full((labels.shape[0], self.injector.prefix_length), IGNORE_INDEX)
+            lm_kwargs["labels"] = torch.cat([prefix, labels], 1)
+        out = self._run_lm(input_ids, attention_mask, media, features, **lm_kwargs)
+        out.logits = out.logits[:, self.injector.prefix_length :]
+        return out
+
+    def target_loss(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None = None,
+        labels: torch.Tensor | None = None,
+        media: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        features: Mapping[str, torch.Tensor] | None = None,
+    ) -> tuple[torch.Tensor, int]:
+        """``(summed cross-entropy, number of target tokens)`` over the labelled tokens.
+
+        The same loss as ``forward``'s (times the count), but the LM head only runs at the
+        positions that predict a target (HF's ``logits_to_keep``): for short answers it is a
+        quarter of a small LM's training FLOPs otherwise. The sum lets a trainer average over
+        every target token of a batch split across processes.
+        """
+        if labels is None:
+            raise ValueError("target_loss needs labels")
+        targets = labels[:, 1:]
+        predicting = targets != IGNORE_INDEX  # text position t predicts token t + 1
+        keep = predicting.new_zeros(labels.shape[0], self.injector.prefix_length + labels.shape[1])
+        keep[:, self.injector.prefix_length : -1] = predicting
+        out = self._run_lm(input_ids, attention_mask, media, features, logits_to_keep=keep)
+        loss = nn.functional.cross_entropy(
+            out.logits.float(), targets[predicting].to(out.logits.device), reduction="sum"
+        )
+        return loss, int(predicting.sum())
+
+    def _run_lm(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        media: Mapping[str, Mapping[str, torch.Tensor]] | None,
+        features: Mapping[str, torch.Tensor] | None,
+        **lm_kwargs: Any,
+    ) -> CausalLMOutputWithPast:
         tokens = self.perceive(media, features)
         ids, mask = self._with_prefix(input_ids, attention_mask, tokens)
-        if labels is not None:
-            labels = torch.cat(
-                [
-                    labels.new_full((labels.shape[0], self.injector.prefix_length), IGNORE_INDEX),
-                    labels,
-                ],
-                1,
-            )
         # Positions as HF's generate derives them, so training and generation agree.
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         lm_kwargs.setdefault("use_cache", False)
         with self.injector.inject(tokens, self._soft_prompt()):
-            out = self.lm(
-                input_ids=ids,
-                attention_mask=mask,
-                position_ids=positions,
-                labels=labels,
-                **lm_kwargs,
-            )
-        out.logits = out.logits[:, self.injector.prefix_length :]
-        return out
+            return self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, **lm_kwargs)
 
     @torch.no_grad()
     def generate(
@@ -418,6 +446,10 @@ def _load_lm(config: EPALMConfig) -> nn.Module:
 
 def _load_tokenizer(config: EPALMConfig) -> PreTrainedTokenizerBase:
     name = config.lm.tokenizer or config.lm.model
+    if name == BYTE_TOKENIZER:
+        from epalm.testing import tiny_tokenizer
+
+        return tiny_tokenizer()
     if name is None:
         raise ValueError(
             "the LM is built from model_config: name a tokenizer in lm.tokenizer or pass tokenizer="

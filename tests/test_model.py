@@ -258,3 +258,24 @@ def test_cutting_gradients_into_the_placeholder_changes_no_trained_gradient(monk
     without_cut = trained_grads()
     for name, grad in with_cut.items():
         torch.testing.assert_close(grad, without_cut[name], rtol=1e-5, atol=1e-7)
+
+
+@pytest.mark.parametrize("lm", TINY_LM_KINDS)
+def test_target_loss_is_the_forward_loss_with_the_lm_head_at_targets_only(lm):
+    model = tiny_model(lm)
+    batch = training_batch(model)
+    media = media_batch(model, ["image"], 2)
+    summed, count = model.target_loss(**batch, media=media)
+    assert count == int((batch["labels"][:, 1:] != -100).sum())
+    torch.testing.assert_close(summed / count, model(**batch, media=media).loss)
+
+    summed.backward()
+    trained = [p for p in model.parameters() if p.requires_grad]
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in trained)
+
+    head = model.lm.get_output_embeddings()
+    rows = []
+    handle = head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[-2]))
+    model.target_loss(**batch, media=media)
+    handle.remove()
+    assert rows[-1] == count  # one row per target token, not per position
