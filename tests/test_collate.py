@@ -100,3 +100,27 @@ def test_samples_must_fill_the_same_slots(model):
         Collator(model, train=False)([item(model, caption()), bare])
     with pytest.raises(KeyError, match="no perceiver"):
         Collator(model, train=False)([{"sample": caption(), "inputs": {"audio": {}}}])
+
+
+def feature_item(model, sample, seed=0):
+    """An item as FeatureDataset gives it: the perceiver's output for one sample."""
+    with torch.no_grad():
+        features = model.perceivers["image"].encode([sample_media("image", seed)])[0]
+    return {"sample": sample, "features": {"image": features}}
+
+
+def test_feature_items_are_stacked_per_slot(model):
+    items = [feature_item(model, caption(), 0), feature_item(model, question(), 1)]
+    batch = Collator(model, train=False)(items)
+    perceiver = model.perceivers["image"]
+    assert batch["features"]["image"].shape == (2, perceiver.num_levels, perceiver.hidden_size)
+    assert "media" not in batch and set(model_inputs(batch)) >= {"features", "labels"}
+    media = Collator(model, train=False)([item(model, caption(), 0), item(model, question(), 1)])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(**model_inputs(batch)).loss, model(**model_inputs(media)).loss
+        )
+    with pytest.raises(ValueError, match="same slots"):
+        Collator(model, train=False)([feature_item(model, caption()), item(model, question())])
+    with pytest.raises(KeyError, match="no perceiver"):
+        Collator(model, train=False)([{"sample": caption(), "features": {"audio": torch.zeros(2)}}])

@@ -1,11 +1,13 @@
-"""A torch Dataset over manifest samples: each item's media decoded and preprocessed by the
-perceiver of its modality, with bad files either raised or handed back as error items."""
+"""Torch Datasets over manifest samples: each item's media decoded and preprocessed by the
+perceiver of its modality, with bad files either raised or handed back as error items
+(``MediaDataset``), or its features read from a feature cache (``FeatureDataset``)."""
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import torch
 from torch.utils.data import Dataset
 
 from epalm.data.manifest import Sample
@@ -55,23 +57,83 @@ class MediaDataset(Dataset):
         sample = self.samples[index]
         perceiver, path = self.perceivers[sample.modality], sample.media_paths[0]
         try:
-            inputs = perceiver.preprocess(self.decode(path, perceiver), train=self.train)
-        except Exception as err:
-            # a MediaError already starts with the file; a preprocessing error does not
-            reason = str(err) if isinstance(err, MediaError) else f"{path}: {err!r}"
+            inputs = preprocess_file(
+                path, perceiver, train=self.train, video_backend=self.video_backend
+            )
+        except MediaError as err:
             if self.on_bad_sample == "skip":
-                return {"sample": sample, "error": reason}
-            raise BadSampleError(f"sample {sample.id!r}: {reason}") from err
+                return {"sample": sample, "error": str(err)}
+            raise BadSampleError(f"sample {sample.id!r}: {err}") from err
         return {"sample": sample, "inputs": {sample.modality: inputs}}
 
-    def decode(self, path: Any, perceiver: Perceiver) -> Any:
-        """The file as the built-in modalities' arrays; other modalities get the path itself."""
-        if perceiver.modality == "image":
-            return read_image(path)
-        num_frames = getattr(perceiver, "num_frames", None)
-        if perceiver.modality == "video" and num_frames:
-            # already segment-sampled: the perceiver's own sampling of N from N keeps them all
-            return read_video(path, num_frames, train=self.train, backend=self.video_backend)
-        if perceiver.modality == "audio":
-            return load_audio(path, getattr(perceiver, "sampling_rate", SAMPLING_RATE))
-        return path
+
+class FeatureDataset(Dataset):
+    """``{"sample", "features": {slot: [levels, hidden]}}`` per sample, from perceiver outputs
+    computed earlier (``FeatureCache.load``); the slot is the sample's modality.
+
+    ``features`` maps each slot to ``{str(media path): features}``. A sample whose first media
+    path is not there raises here, naming it (so a mismatch fails before training starts); with
+    ``on_bad_sample="skip"`` (files that ``FeatureCache.fill`` skipped as bad) it comes back as
+    ``{"sample", "error"}``, for the collator to drop and report, as ``MediaDataset`` does.
+    """
+
+    def __init__(
+        self,
+        samples: Sequence[Sample],
+        features: Mapping[str, Mapping[str, torch.Tensor]],
+        *,
+        on_bad_sample: str = "error",
+    ) -> None:
+        if on_bad_sample not in ON_BAD_SAMPLE:
+            raise ValueError(f"on_bad_sample must be one of {ON_BAD_SAMPLE}, got {on_bad_sample!r}")
+        absent = [s for s in samples if self._path(s) not in features.get(s.modality, {})]
+        if absent and on_bad_sample == "error":
+            named = ", ".join(f"{s.id!r} ({s.modality}: {self._path(s)})" for s in absent[:3])
+            raise ValueError(
+                f"no features for {len(absent)} of {len(samples)} samples, e.g. {named}; "
+                f"slots given: {sorted(features)}"
+            )
+        self.samples, self.features = list(samples), features
+
+    @staticmethod
+    def _path(sample: Sample) -> str:
+        return str(sample.media_paths[0])
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        sample = self.samples[index]
+        slot, path = sample.modality, self._path(sample)
+        feats = self.features.get(slot, {}).get(path)
+        if feats is None:
+            return {"sample": sample, "error": f"{path}: no cached features (a bad file?)"}
+        return {"sample": sample, "features": {slot: feats}}
+
+
+def decode(path: Any, perceiver: Perceiver, *, train: bool, video_backend: str = "pyav") -> Any:
+    """The file as the built-in modalities' arrays; other modalities get the path itself."""
+    if perceiver.modality == "image":
+        return read_image(path)
+    num_frames = getattr(perceiver, "num_frames", None)
+    if perceiver.modality == "video" and num_frames:
+        # already segment-sampled: the perceiver's own sampling of N from N keeps them all
+        return read_video(path, num_frames, train=train, backend=video_backend)
+    if perceiver.modality == "audio":
+        return load_audio(path, getattr(perceiver, "sampling_rate", SAMPLING_RATE))
+    return path
+
+
+def preprocess_file(
+    path: Any, perceiver: Perceiver, *, train: bool, video_backend: str = "pyav"
+) -> dict[str, torch.Tensor]:
+    """One file decoded and preprocessed for ``perceiver``; any failure is a MediaError that
+    starts with the file (a preprocessing error, e.g. a shape mismatch, included)."""
+    try:
+        return perceiver.preprocess(
+            decode(path, perceiver, train=train, video_backend=video_backend), train=train
+        )
+    except MediaError:
+        raise
+    except Exception as err:
+        raise MediaError(f"{path}: {err!r}") from err

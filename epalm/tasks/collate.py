@@ -1,6 +1,8 @@
 """Batches for training and evaluation: prompts, targets, labels and perceiver inputs.
 
-A dataset item is ``{"sample": Sample, "inputs": {slot: tensors of one sample}}``, or
+A dataset item is ``{"sample": Sample, "inputs": {slot: tensors of one sample}}`` (from
+``MediaDataset``; batched into ``"media"``), ``{"sample": Sample, "features": {slot: [levels,
+hidden]}}`` (cached perceiver outputs from ``FeatureDataset``; stacked into ``"features"``), or
 ``{"sample": Sample, "error": reason}`` for a sample that could not be loaded: the collator
 drops it and lists it under the batch's ``"skipped"``. A batch whose items were all skipped
 has no tensors (``is_empty``): the training loop skips it, e.g. ``if is_empty(batch): continue``.
@@ -25,7 +27,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MODEL_KEYS = ("input_ids", "attention_mask", "labels", "media")
+MODEL_KEYS = ("input_ids", "attention_mask", "labels", "media", "features")
 
 
 class Collator:
@@ -54,21 +56,27 @@ class Collator:
         for item in items:
             if "error" in item:
                 skipped.append((item["sample"].id, str(item["error"])))
-            elif "inputs" in item:
+            elif "inputs" in item or "features" in item:
                 kept.append(item)
             else:
-                raise ValueError(f"item for {item['sample'].id!r} has neither 'inputs' nor 'error'")
+                raise ValueError(
+                    f"item for {item['sample'].id!r} has no 'inputs', 'features' or 'error'"
+                )
         if skipped:
             log.warning("skipped %d bad samples: %s", len(skipped), skipped)
         if not kept:
             return {"ids": [], "skipped": skipped}
         samples = [item["sample"] for item in kept]
-        return {
-            **self._text(samples),
-            "media": self._media([item["inputs"] for item in kept], samples),
-            "ids": [s.id for s in samples],
-            "skipped": skipped,
-        }
+        batch = {**self._text(samples), "ids": [s.id for s in samples], "skipped": skipped}
+        if any("inputs" in item for item in kept):
+            inputs = self._slots([item.get("inputs", {}) for item in kept], samples)
+            batch["media"] = {
+                slot: self.model.perceivers[slot].collate(values) for slot, values in inputs.items()
+            }
+        if any("features" in item for item in kept):
+            features = self._slots([item.get("features", {}) for item in kept], samples)
+            batch["features"] = {slot: torch.stack(values) for slot, values in features.items()}
+        return batch
 
     def _text(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         questions = [s.question if s.task == "vqa" else None for s in samples]
@@ -82,21 +90,17 @@ class Collator:
             return majority_answer(sample.answers)
         return caption_target(sample, self.rng if self.train else None)
 
-    def _media(
-        self, inputs: list[Mapping[str, Any]], samples: list[Sample]
-    ) -> dict[str, dict[str, torch.Tensor]]:
+    def _slots(self, per_item: list[Mapping[str, Any]], samples: list[Sample]) -> dict[str, list]:
+        """``{slot: [each item's value]}``, once every item fills the same slots."""
         # The model takes each slot for the whole batch or not at all.
-        slots = {tuple(sorted(i)) for i in inputs}
+        slots = {tuple(sorted(i)) for i in per_item}
         if len(slots) > 1:
             raise ValueError(
                 f"the samples of one batch must fill the same slots; got {sorted(slots)} "
                 f"(ids {[s.id for s in samples]})"
             )
-        self.model.check_slots(inputs[0])
-        return {
-            slot: self.model.perceivers[slot].collate([i[slot] for i in inputs])
-            for slot in inputs[0]
-        }
+        self.model.check_slots(per_item[0])
+        return {slot: [i[slot] for i in per_item] for slot in per_item[0]}
 
 
 def is_empty(batch: Mapping[str, Any]) -> bool:
@@ -107,3 +111,16 @@ def is_empty(batch: Mapping[str, Any]) -> bool:
 def model_inputs(batch: Mapping[str, Any]) -> dict[str, Any]:
     """The keys ``EPALM.forward`` / ``EPALM.generate`` take (drops ids and skipped)."""
     return {k: batch[k] for k in MODEL_KEYS if k in batch}
+
+
+def to_device(inputs: Mapping[str, Any], device: torch.device | str) -> dict[str, Any]:
+    """Model inputs with every tensor (nested per slot too) moved to ``device``."""
+    moved: dict[str, Any] = {}
+    for key, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            moved[key] = value.to(device)
+        elif isinstance(value, Mapping):
+            moved[key] = to_device(value, device)
+        else:
+            moved[key] = value
+    return moved
