@@ -20,14 +20,6 @@ def _info(_: argparse.Namespace) -> int:
     return 0
 
 
-def _train(_: argparse.Namespace) -> int:
-    print(
-        "epalm train: training jobs (Hydra configs, accelerate, embedded datasets) are not part of this "
-        "release yet. Build a model in Python meanwhile: see the README's 'Python API' section."
-    )
-    return 0
-
-
 def _models_list(args: argparse.Namespace) -> int:
     from epalm.zoo.listing import format_table, known_models
 
@@ -98,9 +90,8 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser(
         "info", help="list the registered perceivers and LM architectures"
     ).set_defaults(run=_info)
-    commands.add_parser(
-        "train", help="train a connector (coming with the training release)"
-    ).set_defaults(run=_train)
+    for name, purpose in JOBS.items():
+        commands.add_parser(name, help=f"{purpose} (Hydra overrides; see `epalm {name} --help`)")
 
     models = commands.add_parser("models", help="list or fetch frozen models").add_subparsers(
         dest="action", required=True
@@ -149,7 +140,57 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+JOBS = {
+    "train": "train a connector, then score it with and without perception",
+    "eval": "score a trained model on a split, and blind",
+    "predict": "caption or answer questions about files",
+    "cache": "compute the frozen encoder's features once",
+}
+
+
+def _job(command: str, overrides: list[str]) -> int:
+    """A Hydra-configured job: compose, check, run; known failures end in one clear line."""
+    from epalm.data.dataset import BadSampleError
+    from epalm.data.feature_cache import NotCachedError
+    from epalm.data.manifest import ManifestError
+    from epalm.data.media import MediaError
+    from epalm.training import jobs
+    from epalm.training.compose import ComposeError, help_text, settings
+    from epalm.training.settings import SettingsError
+    from epalm.training.trainer import NonFiniteLossError
+    from epalm.zoo import ModelNotFoundError
+
+    clear_failures = (
+        ComposeError,
+        SettingsError,
+        FileNotFoundError,
+        ManifestError,
+        BadSampleError,
+        MediaError,
+        NotCachedError,
+        ModelNotFoundError,
+        NonFiniteLossError,
+    )
+
+    if {"-h", "--help"} & set(overrides):
+        print(help_text(command))
+        return 0
+    try:
+        run_settings, resolved = settings(overrides)
+        getattr(jobs, "evaluate" if command == "eval" else command)(run_settings, resolved)
+    except clear_failures as err:
+        print(f"epalm {command}: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"epalm {command}: interrupted; `resume=auto` continues a run", file=sys.stderr)
+        return 130
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in JOBS:
+        return _job(argv[0], argv[1:])
     logging.basicConfig(
         level=logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

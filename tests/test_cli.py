@@ -17,9 +17,12 @@ def test_info_lists_perceivers_and_architectures():
     assert "whisper" in out and "frames" in out and "llama" in out and "gpt2" in out
 
 
-def test_train_is_a_clear_placeholder_for_now():
-    result = epalm("train")
-    assert result.returncode == 0 and "not part of this release yet" in result.stdout
+def test_jobs_are_listed_and_explain_their_overrides():
+    listing = epalm("--help").stdout
+    assert all(job in listing for job in ("train", "eval", "predict", "cache"))
+    result = epalm("train", "--help")
+    assert result.returncode == 0, result.stderr
+    assert "modality" in result.stdout and "experiment" in result.stdout
 
 
 def test_models_list_shows_sources_and_cache_state(tmp_path):

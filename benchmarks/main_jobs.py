@@ -1,0 +1,93 @@
+"""The six main jobs, each from an empty cache, timed: the README's results table.
+
+    python benchmarks/main_jobs.py [--out main_jobs] [--jobs image-vqa video-caption ...]
+
+Each job runs `epalm train modality=M task=T` in a fresh process with its own empty
+``EPALM_CACHE``, so its wall time includes fetching and converting the offline models, building
+the dataset and filling the feature cache. Prints a markdown table and writes
+``<out>/main_jobs.json``; the run directories are ``<out>/<modality>-<task>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+JOBS = [f"{m}-{t}" for m in ("image", "video", "audio") for t in ("vqa", "caption")]
+TARGETS = {"vqa": "VQA accuracy", "caption": "CIDEr"}
+
+
+def run_job(job: str, out: Path) -> dict:
+    modality, task = job.split("-")
+    run_dir, cache = out / job, out / f"cache-{job}"
+    env = {**os.environ, "EPALM_CACHE": str(cache)}
+    command = ["epalm", "train", f"modality={modality}", f"task={task}", f"run_dir={run_dir}"]
+    start = time.perf_counter()
+    with open(out / f"{job}.log", "w") as log:
+        code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+    seconds = time.perf_counter() - start
+    if code != 0:
+        return {"job": job, "error": f"exit {code}, see {out / f'{job}.log'}", "seconds": seconds}
+    scores = json.loads((run_dir / "eval" / "test" / "scores.json").read_text())
+    key = "vqa_accuracy" if task == "vqa" else "CIDEr"
+    return {
+        "job": job,
+        "command": " ".join(command[:4]),
+        "metric": TARGETS[task],
+        "score": scores["seen"]["metrics"][key],
+        "blind": scores["blind"]["metrics"][key],
+        "test_samples": scores["count"],
+        "seconds": seconds,
+        "trainable": _trainable(run_dir / "train.log"),
+    }
+
+
+def _trainable(log: Path) -> str:
+    for line in log.read_text().splitlines():
+        if "trainable parameters:" in line:
+            return line.split("trainable parameters:", 1)[1].strip()
+    return "?"
+
+
+def table(rows: list[dict]) -> str:
+    lines = [
+        "| job | test metric | score | blind | wall time (from empty cache) | trainable |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| `{r['job']}` | failed: {r['error']} | | | | |")
+            continue
+        scale = 100 if r["metric"] == "VQA accuracy" else 1
+        lines.append(
+            f"| `{r['command']}` | {r['metric']} ({r['test_samples']} samples) | "
+            f"{scale * r['score']:.{1 if scale == 100 else 3}f} | "
+            f"{scale * r['blind']:.{1 if scale == 100 else 3}f} | "
+            f"{r['seconds'] / 60:.1f} min | {r['trainable']} |"
+        )
+    return "\n".join(lines)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--out", default="main_jobs")
+    parser.add_argument("--jobs", nargs="*", default=JOBS, choices=JOBS)
+    args = parser.parse_args()
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for job in args.jobs:
+        print(f"running {job} ...", file=sys.stderr, flush=True)
+        rows.append(run_job(job, out))
+        (out / "main_jobs.json").write_text(json.dumps(rows, indent=1) + "\n")
+    print(table(rows))
+    return 0 if all("error" not in r for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,138 @@
+"""Scoring a model on a split: generate for every sample, clean the text, apply the task's
+metrics, and do it again blind (perception removed) to show how much the model uses it."""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from epalm.atomic import atomic_write_text
+from epalm.data.manifest import Sample
+from epalm.tasks.caption import clean_caption
+from epalm.tasks.cococaption import caption_scores
+from epalm.tasks.collate import Collator, is_empty, model_inputs, to_device
+from epalm.tasks.vqa import clean_answer, vqa_scores
+from epalm.training.data import batches, subset
+from epalm.training.settings import GenerationSettings, RunSettings
+
+log = logging.getLogger(__name__)
+
+
+@torch.no_grad()
+def predict_samples(
+    model: Any,
+    dataset: Any,
+    *,
+    task: str,
+    generation: GenerationSettings,
+    batch_size: int,
+    blind: bool = False,
+    num_workers: int = 0,
+    desc: str = "evaluating",
+) -> dict[str, str]:
+    """``{sample id: cleaned text}`` for every sample of ``dataset`` (bad ones are skipped and
+    logged by the collator, then count as missing in the scores)."""
+    model.eval()
+    collate = Collator(model, train=False, generation=True)
+    loader = batches(dataset, collate, batch_size=batch_size, num_workers=num_workers)
+    clean = clean_answer if task == "vqa" else clean_caption
+    predictions = {}
+    for batch in tqdm(loader, desc=desc, unit="batch", leave=False):
+        if is_empty(batch):
+            continue
+        inputs = model_inputs(batch)
+        if blind:
+            inputs.pop("media", None)
+            inputs.pop("features", None)
+        new = model.generate(
+            **to_device(inputs, model.device),
+            num_beams=generation.num_beams,
+            max_new_tokens=generation.max_new_tokens,
+        )
+        texts = model.tokenizer.batch_decode(new, skip_special_tokens=True)
+        predictions.update({i: clean(t) for i, t in zip(batch["ids"], texts)})
+    return predictions
+
+
+def score(task: str, predictions: Mapping[str, str], samples: Sequence[Sample]) -> dict[str, Any]:
+    """The task's metrics: VQA accuracy (+ per question type where samples have one), or the
+    COCO caption metrics."""
+    if task == "vqa":
+        scores = vqa_scores(predictions, samples)
+        by_type = _by_question_type(predictions, samples)
+        if by_type:
+            scores["by_question_type"] = by_type
+        return scores
+    references = {s.id: s.captions for s in samples}
+    scores = caption_scores(predictions, references)
+    scores.pop("per_sample", None)
+    return scores
+
+
+def evaluate(
+    model: Any,
+    samples: Sequence[Sample],
+    dataset_for: Callable[[Sequence[Sample]], Any],
+    settings: RunSettings,
+    *,
+    out_dir: str | Path | None = None,
+    num_workers: int = 0,
+) -> dict[str, Any]:
+    """Scores with perception (``"seen"``) and, if ``eval.blind``, without (``"blind"``, on a
+    fixed random subset of ``eval.blind_samples`` when set); ``dataset_for(samples)`` makes the
+    dataset. With ``out_dir``, predictions and scores are written there."""
+    task, options = settings.task.name, settings.eval
+    report: dict[str, Any] = {"count": len(samples)}
+    runs = {"seen": list(samples)}
+    if options.blind:
+        runs["blind"] = subset(samples, options.blind_samples, settings.seed)
+        report["blind_count"] = len(runs["blind"])
+    for mode, chosen in runs.items():
+        predictions = predict_samples(
+            model,
+            dataset_for(chosen),
+            task=task,
+            generation=options.generation,
+            batch_size=options.batch_size,
+            blind=mode == "blind",
+            num_workers=num_workers,
+            desc=f"evaluating ({mode})",
+        )
+        report[mode] = score(task, predictions, chosen)
+        if out_dir is not None:
+            _write_json(Path(out_dir) / f"predictions-{mode}.json", predictions)
+    if out_dir is not None:
+        _write_json(Path(out_dir) / "scores.json", report)
+    return report
+
+
+def headline(task: str, report: Mapping[str, Any]) -> dict[str, float]:
+    """The main number per mode: VQA accuracy, or CIDEr."""
+    key = "vqa_accuracy" if task == "vqa" else "CIDEr"
+    return {mode: report[mode]["metrics"][key] for mode in ("seen", "blind") if mode in report}
+
+
+def _by_question_type(
+    predictions: Mapping[str, str], samples: Sequence[Sample]
+) -> dict[str, float]:
+    groups: dict[str, list[Sample]] = {}
+    for s in samples:
+        if "question_type" in s.extra:
+            groups.setdefault(s.extra["question_type"], []).append(s)
+    return {
+        kind: vqa_scores({s.id: predictions[s.id] for s in group if s.id in predictions}, group)[
+            "metrics"
+        ]["vqa_accuracy"]
+        for kind, group in sorted(groups.items())
+    }
+
+
+def _write_json(path: Path, data: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(data, indent=1, ensure_ascii=False) + "\n")

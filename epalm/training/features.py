@@ -1,0 +1,46 @@
+"""The feature cache as a job uses it: every process fills its share of the missing entries,
+all wait, then each loads what its samples need."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+
+from epalm.data.feature_cache import FeatureCache
+from epalm.data.manifest import Sample
+from epalm.encoders.base import Perceiver
+from epalm.training.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+
+def features_for(
+    settings: RunSettings, perceiver: Perceiver, samples: Sequence[Sample], accelerator: Any
+) -> dict[str, torch.Tensor]:
+    """``str(media path) -> [levels, hidden]`` for every sample, computed where missing."""
+    cache = FeatureCache(perceiver, settings.model_cache, video_backend=settings.data.video_backend)
+    paths = sorted({str(s.media_paths[0]) for s in samples})
+    cache.fill(
+        paths,
+        rank=accelerator.process_index,
+        world_size=accelerator.num_processes,
+        batch_size=settings.eval.batch_size,
+        num_workers=settings.train.num_workers,
+        on_bad_sample=settings.data.on_bad_sample,
+        progress=accelerator.is_local_main_process,
+    )
+    accelerator.wait_for_everyone()
+    return cache.load(_cached(cache, paths), levels=settings.connector.levels)
+
+
+def _cached(cache: FeatureCache, paths: list[str]) -> list[str]:
+    # files skipped as bad have no entry: their samples come back as errors, as from media
+    missing = {str(p) for p in cache.missing(paths)}
+    if missing:
+        log.warning(
+            "%d files have no features (bad media), their samples are skipped", len(missing)
+        )
+    return [p for p in paths if p not in missing]

@@ -1,0 +1,216 @@
+"""A job's settings: the composed Hydra config, checked and turned into dataclasses.
+
+The model's own settings become an ``EPALMConfig`` (what a checkpoint records); everything about
+the run (data, optimisation, evaluation) lives here and is saved as ``config.yaml`` in the run
+directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from epalm.config import (
+    ConnectorConfig,
+    EPALMConfig,
+    InjectionConfig,
+    LMConfig,
+    PerceiverConfig,
+    TextConfig,
+)
+
+MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
+FEATURES = ("auto", "cache", "media")
+TASKS = ("caption", "vqa")
+
+
+class SettingsError(ValueError):
+    """A value in the composed config that cannot work; names the key."""
+
+
+@dataclass
+class DataSettings:
+    """Where samples come from: an embedded dataset (built on first use) or manifests."""
+
+    name: str
+    embedded: bool = False
+    root: str | None = None  # manifests' directory (``epalm data prepare`` writes them)
+    splits: dict[str, str] = field(
+        default_factory=lambda: {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}
+    )
+    size: str = "default"  # embedded: "default" or "tiny"
+    seed: int = 0  # embedded: the generator's seed
+    video_backend: str = "pyav"
+    on_bad_sample: str = "skip"  # "skip" (reported) or "error"
+
+
+@dataclass
+class TaskSettings:
+    name: str
+    metric: str  # the validation metric that picks the best checkpoint
+    prompt: str = ""  # caption prompt, or the VQA template around {question}
+    loss_on_prompt: bool = False
+
+
+@dataclass
+class GenerationSettings:
+    num_beams: int = 3
+    max_new_tokens: int = 30
+
+
+@dataclass
+class TrainSettings:
+    batch_size: int = 32  # global: samples per optimizer step over all processes
+    grad_accum: int = 1
+    epochs: float = 1.0
+    max_steps: int | None = None  # wins over epochs when set
+    lr: float = 2e-4  # projections
+    prompt_lr: float = 1e-3  # soft prompt
+    weight_decay: float = 0.02
+    warmup_ratio: float = 0.05
+    min_lr: float = 1e-6
+    max_grad_norm: float | None = 1.0
+    mixed_precision: str = "auto"
+    features: str = "auto"  # auto: the feature cache unless augment; "cache"; "media"
+    augment: bool = False  # training-time media augmentation (then features come from media)
+    num_workers: int = 2
+    log_every: int = 10
+    save_every: int = 200
+    keep_last: int = 2
+    eval_every: int = 200
+    val_samples: int | None = 500  # validation during training on a fixed subset
+
+
+@dataclass
+class EvalSettings:
+    split: str = "test"
+    blind: bool = True  # also evaluate with the perception removed
+    blind_samples: int | None = None  # blind on a fixed random subset of this many (None: all)
+    batch_size: int = 64
+    max_samples: int | None = None
+    generation: GenerationSettings = field(default_factory=GenerationSettings)
+
+
+@dataclass
+class PredictSettings:
+    media: list[str] = field(default_factory=list)
+    question: str | None = None  # None: caption
+
+
+@dataclass
+class RunSettings:
+    modality: str
+    task: TaskSettings
+    lm: LMConfig
+    encoder: PerceiverConfig
+    connector: ConnectorConfig
+    injection: InjectionConfig
+    data: DataSettings
+    train: TrainSettings
+    eval: EvalSettings
+    predict: PredictSettings
+    run_dir: str
+    seed: int = 0
+    resume: str = "auto"  # "auto": continue from the run directory's last checkpoint; "never"
+    checkpoint: str | None = None  # eval / predict: a saved model (default <run_dir>/final)
+    model_cache: str | None = None
+    log_level: str = "INFO"
+
+    def model_config(self) -> EPALMConfig:
+        """The model this run trains: one slot, named after the modality."""
+        return EPALMConfig(
+            lm=self.lm,
+            perceivers={self.modality: self.encoder},
+            connector=self.connector,
+            injection=self.injection,
+            text=TextConfig(
+                caption_prompt=self.task.prompt if self.task.name == "caption" else "",
+                vqa_prompt=self.task.prompt if self.task.name == "vqa" else TextConfig.vqa_prompt,
+                loss_on_prompt=self.task.loss_on_prompt,
+            ),
+            model_cache=self.model_cache,
+        )
+
+
+def from_container(data: dict[str, Any]) -> RunSettings:
+    """Strictly typed settings from the composed config (a plain dict); errors name the key."""
+    data = dict(data)
+    encoder = data.pop("encoder")
+    if encoder.get("modality") not in (None, data.get("modality")):
+        raise SettingsError(
+            f"encoder is a {encoder['modality']} encoder but modality={data.get('modality')}; "
+            "pick an encoder of that modality (`epalm train --help` lists them)"
+        )
+    data["encoder"] = encoder["perceiver"]
+    settings = _build(RunSettings, data, "")
+    _check(settings)
+    return settings
+
+
+def _build(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise SettingsError(f"{where or 'config'}: expected a mapping, got {data!r}")
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SettingsError(f"{where or 'config'}: unknown keys {unknown}; known: {sorted(fields)}")
+    values = {}
+    for name, value in data.items():
+        kind = fields[name].type
+        nested = _DATACLASSES.get(kind if isinstance(kind, str) else getattr(kind, "__name__", ""))
+        key = f"{where}.{name}" if where else name
+        values[name] = _build(nested, value, key) if nested and value is not None else value
+    missing = [n for n, f in fields.items() if n not in values and _required(f)]
+    if missing:
+        raise SettingsError(f"{where or 'config'}: missing keys {missing}")
+    return cls(**values)
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+
+
+_DATACLASSES: dict[str, type] = {
+    cls.__name__: cls
+    for cls in (
+        TaskSettings,
+        LMConfig,
+        PerceiverConfig,
+        ConnectorConfig,
+        InjectionConfig,
+        DataSettings,
+        TrainSettings,
+        EvalSettings,
+        GenerationSettings,
+        PredictSettings,
+    )
+}
+
+
+def _check(s: RunSettings) -> None:
+    _one_of("train.mixed_precision", s.train.mixed_precision, MIXED_PRECISION)
+    _one_of("train.features", s.train.features, FEATURES)
+    _one_of("task.name", s.task.name, TASKS)
+    _one_of("resume", s.resume, ("auto", "never"))
+    _one_of("data.on_bad_sample", s.data.on_bad_sample, ("skip", "error"))
+    if s.train.features == "cache" and s.train.augment:
+        raise SettingsError("train.features=cache cannot augment media; set train.augment=false")
+    for key in ("batch_size", "grad_accum", "log_every", "save_every", "eval_every", "keep_last"):
+        if getattr(s.train, key) < 1:
+            raise SettingsError(f"train.{key} must be at least 1, got {getattr(s.train, key)}")
+    if s.train.batch_size % s.train.grad_accum:
+        raise SettingsError(
+            f"train.batch_size={s.train.batch_size} is not a multiple of "
+            f"train.grad_accum={s.train.grad_accum}"
+        )
+    if not s.data.embedded and not s.data.root:
+        raise SettingsError(
+            f"data.root is not set: point it at the manifests of {s.data.name!r} "
+            f"(`epalm data prepare {s.data.name} --root DIR` writes them)"
+        )
+
+
+def _one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise SettingsError(f"{key}={value!r} is not one of {', '.join(choices)}")

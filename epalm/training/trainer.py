@@ -1,0 +1,312 @@
+"""The training loop, on accelerate: one process or many (DDP, FSDP or DeepSpeed through
+accelerate's own config), mixed precision, gradient accumulation, checkpoints that resume
+bit-identically, validation during training and the test-split report at the end."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from epalm.data.manifest import Sample
+from epalm.model import EPALM
+from epalm.tasks.collate import Collator, is_empty, model_inputs, to_device
+from epalm.text import IGNORE_INDEX
+from epalm.training import checkpoint as ckpt
+from epalm.training.data import (
+    Positioned,
+    StepSampler,
+    batches,
+    eval_samples,
+    load_split,
+    one_per_caption,
+    sample_dataset,
+    subset,
+)
+from epalm.training.evaluate import evaluate, headline, predict_samples, score
+from epalm.training.features import features_for
+from epalm.training.optim import cosine_schedule, optimizer_for
+from epalm.training.settings import RunSettings
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; names the step and the batch's sample ids."""
+
+
+class TargetLoss(nn.Module):
+    """The model's summed target loss as a module's forward, so DDP (or FSDP) can wrap it."""
+
+    def __init__(self, model: EPALM) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, **batch: Any) -> tuple[torch.Tensor, int]:
+        return self.model.target_loss(**batch)
+
+
+class Trainer:
+    """``Trainer(settings, accelerator).fit()`` trains, checkpoints, evaluates and returns the
+    final model's directory (``<run_dir>/final``)."""
+
+    def __init__(self, settings: RunSettings, accelerator: Any) -> None:
+        self.s, self.acc = settings, accelerator
+        self.run_dir = Path(settings.run_dir)
+        set_seed(settings.seed)  # the connector's initialisation, identical on every process
+        self.model = EPALM(settings.model_config())
+        self.model.to(accelerator.device)
+        report = self.model.parameter_report()
+        log.info(
+            "trainable parameters: %s of %s (%.3f%%)",
+            f"{report.trainable:,}",
+            f"{report.total:,}",
+            100 * report.share,
+        )
+        log.info("parameters by part:\n%s", report)
+
+    # --- data ------------------------------------------------------------------------------
+    def _datasets(self) -> None:
+        s = self.s
+        self.train_samples = one_per_caption(load_split(s, "train"))
+        val = load_split(s, "val") if "val" in s.data.splits else []
+        self.val_samples = subset(val, s.train.val_samples, s.seed)
+        self.test_samples = eval_samples(s)
+        use_cache = s.train.features == "cache" or (
+            s.train.features == "auto" and not s.train.augment
+        )
+        everything = [*self.train_samples, *self.val_samples, *self.test_samples]
+        features = (
+            features_for(s, self.model.perceivers[s.modality], everything, self.acc)
+            if use_cache
+            else None
+        )
+        log.info(
+            "data: %d training samples, %d val, %d %s; perception from %s",
+            len(self.train_samples),
+            len(self.val_samples),
+            len(self.test_samples),
+            s.eval.split,
+            "the feature cache" if use_cache else "media, every step",
+        )
+        self.features = features
+        self.train_set = self._dataset(self.train_samples, train=True)
+        self.val_set = self._dataset(self.val_samples, train=False) if self.val_samples else None
+
+    def _dataset(self, samples: list[Sample], *, train: bool) -> Any:
+        return sample_dataset(samples, self.s, self.model.perceivers, self.features, train=train)
+
+    # --- the loop --------------------------------------------------------------------------
+    def fit(self) -> Path:
+        s, acc = self.s, self.acc
+        self._datasets()
+        total = s.train.max_steps or math.ceil(
+            s.train.epochs * len(self.train_samples) / s.train.batch_size
+        )
+        optimizer = optimizer_for(self.model, s.train)
+        scheduler = cosine_schedule(
+            optimizer,
+            total_steps=total,
+            warmup_steps=round(s.train.warmup_ratio * total),
+            min_lr=s.train.min_lr,
+        )
+        state = {"step": 0, "best": None, "best_step": None, "history": []}
+        latest = ckpt.latest_checkpoint(self.run_dir) if s.resume == "auto" else None
+        if latest is not None:
+            state = ckpt.load_checkpoint(latest, self.model, optimizer, scheduler)
+            log.info("resumed from %s (step %d of %d)", latest, state["step"], total)
+        wrapped, optimizer = acc.prepare(TargetLoss(self.model), optimizer)
+        acc.init_trackers("tensorboard")
+        sampler = StepSampler(
+            len(self.train_set),
+            batch_size=s.train.batch_size,
+            steps=total,
+            seed=s.seed,
+            start_step=state["step"],
+            grad_accum=s.train.grad_accum,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
+        )
+        loader = batches(
+            Positioned(self.train_set, s.seed),
+            Collator(self.model, train=False),  # one caption per training pair: no draw
+            sampler=sampler,
+            num_workers=0 if self.features is not None else s.train.num_workers,
+        )
+        log.info(
+            "training %d steps (%d done) of %d samples (%d per process x %d accumulation x %d "
+            "processes), precision %s",
+            total,
+            state["step"],
+            s.train.batch_size,
+            sampler.micro,
+            s.train.grad_accum,
+            acc.num_processes,
+            acc.mixed_precision,
+        )
+        self._loop(wrapped, optimizer, scheduler, loader, state, total)
+        return self._finish(state)
+
+    def _loop(self, wrapped, optimizer, scheduler, loader, state, total) -> None:
+        s, acc = self.s, self.acc
+        bar = tqdm(
+            total=total,
+            initial=state["step"],
+            desc="training",
+            unit="step",
+            disable=not acc.is_main_process,
+            dynamic_ncols=True,
+        )
+        micro_batches, losses, started = iter(loader), [], time.perf_counter()
+        self.model.train()
+        while state["step"] < total:
+            step = state["step"]
+            loss = self._step(wrapped, optimizer, micro_batches, step)
+            scheduler.step()
+            state["step"] = step + 1
+            losses.append(loss)
+            bar.update(1)
+            bar.set_postfix(loss=f"{loss:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+            if state["step"] % s.train.log_every == 0 or state["step"] == total:
+                elapsed = time.perf_counter() - started
+                self._log_train(state["step"], losses, scheduler, elapsed)
+                state["history"].append({"step": state["step"], "loss": sum(losses) / len(losses)})
+                losses, started = [], time.perf_counter()
+            if self.val_set is not None and (
+                state["step"] % s.train.eval_every == 0 or state["step"] == total
+            ):
+                self._validate(state)
+            if state["step"] % s.train.save_every == 0 or state["step"] == total:
+                self._save(optimizer, scheduler, state)
+        bar.close()
+
+    def _step(self, wrapped, optimizer, micro_batches, step: int) -> float:
+        """One optimizer step over ``grad_accum`` micro-batches per process. The loss is the mean
+        over every target token of the global batch (HF's ``num_items_in_batch``), so any split
+        over processes and accumulation gives the single-process gradient."""
+        s, acc = self.s, self.acc
+        parts = [next(micro_batches) for _ in range(s.train.grad_accum)]
+        for batch in parts:
+            if is_empty(batch):
+                log.warning("step %d: every sample of a micro-batch was bad; skipped", step)
+        parts = [b for b in parts if not is_empty(b)]
+        tokens = self._sum_over_processes(sum(_target_tokens(b) for b in parts))
+        total = 0.0
+        for i, batch in enumerate(parts):
+            sync = i == len(parts) - 1
+            with nullcontext() if sync else acc.no_sync(wrapped), acc.autocast():
+                summed, _ = wrapped(**to_device(model_inputs(batch), acc.device))
+                self._check_finite(summed, step, batch["ids"])
+                acc.backward(summed * acc.num_processes / max(tokens, 1))
+            total += summed.item()
+        if s.train.max_grad_norm:
+            acc.clip_grad_norm_(self.model.parameters(), s.train.max_grad_norm)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        return self._sum_over_processes(total) / max(tokens, 1)
+
+    def _check_finite(self, loss: torch.Tensor, step: int, ids: list[str]) -> None:
+        bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.acc.device)
+        if self.acc.gather(bad).sum() > 0:
+            where = f"ids {ids}" if not torch.isfinite(loss) else "another process's batch"
+            raise NonFiniteLossError(
+                f"step {step}: the loss is {loss.item()} ({where}); nothing was written for this "
+                "step, the last checkpoint is intact. Lower train.lr / train.prompt_lr, or set "
+                "train.mixed_precision=no"
+            )
+
+    def _sum_over_processes(self, value: float) -> float:
+        if self.acc.num_processes == 1:
+            return float(value)
+        return self.acc.reduce(torch.tensor([float(value)], device=self.acc.device), "sum").item()
+
+    def _log_train(self, step: int, losses: list[float], scheduler, elapsed: float) -> None:
+        rate = len(losses) * self.s.train.batch_size / max(elapsed, 1e-9)
+        loss = sum(losses) / len(losses)
+        lrs = scheduler.get_last_lr()
+        log.info("step %d  loss %.4f  lr %.2e  %.1f samples/s", step, loss, lrs[0], rate)
+        self.acc.log({"train/loss": loss, "train/lr": lrs[0], "train/samples_per_s": rate}, step)
+
+    # --- validation, checkpoints, the end ----------------------------------------------------
+    def _validate(self, state: dict[str, Any]) -> None:
+        s, acc = self.s, self.acc
+        if acc.is_main_process:
+            predictions = predict_samples(
+                self.model,
+                self.val_set,
+                task=s.task.name,
+                generation=s.eval.generation,
+                batch_size=s.eval.batch_size,
+                desc="validating",
+            )
+            metrics = score(s.task.name, predictions, self.val_samples)["metrics"]
+            value = metrics[s.task.metric]
+            log.info("step %d  val %s %.4f", state["step"], s.task.metric, value)
+            acc.log({f"val/{k}": v for k, v in metrics.items()}, state["step"])
+            state["history"][-1:] and state["history"][-1].update({"val": value})
+            if state["best"] is None or value > state["best"]:
+                state["best"], state["best_step"] = value, state["step"]
+                ckpt.publish_model(self.model, self.run_dir / "best")
+                log.info("new best val %s %.4f: saved %s", s.task.metric, value, "best/")
+        acc.wait_for_everyone()
+        state["best"], state["best_step"] = _broadcast(acc, [state["best"], state["best_step"]])
+        self.model.train()
+
+    def _save(self, optimizer, scheduler, state: dict[str, Any]) -> None:
+        acc = self.acc
+        if acc.is_main_process:
+            path = ckpt.save_checkpoint(self.run_dir, self.model, optimizer, scheduler, state)
+            pruned = ckpt.prune_checkpoints(self.run_dir, self.s.train.keep_last)
+            log.info("saved %s%s", path.name, f" (removed {len(pruned)} older)" if pruned else "")
+        acc.wait_for_everyone()
+
+    def _finish(self, state: dict[str, Any]) -> Path:
+        s, acc = self.s, self.acc
+        final = self.run_dir / "final"
+        if acc.is_main_process:
+            ckpt.publish_model(self.model, final)
+            log.info("saved the trained model: %s", final)
+            report = evaluate(
+                self.model,
+                self.test_samples,
+                lambda samples: self._dataset(samples, train=False),
+                s,
+                out_dir=self.run_dir / "eval" / s.eval.split,
+            )
+            log.info("%s", summary_line(s, report))
+            acc.log(
+                {f"{s.eval.split}/{k}": v for k, v in headline(s.task.name, report).items()},
+                state["step"],
+            )
+        acc.wait_for_everyone()
+        acc.end_training()
+        return final
+
+
+def _target_tokens(batch: dict[str, Any]) -> int:
+    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
+
+
+def summary_line(s: RunSettings, report: dict[str, Any]) -> str:
+    numbers = headline(s.task.name, report)
+    metric = "VQA accuracy" if s.task.name == "vqa" else "CIDEr"
+    parts = [f"{s.eval.split} {metric}: {numbers['seen']:.4f}"]
+    if "blind" in numbers:
+        parts.append(f"blind {numbers['blind']:.4f}")
+    return f"{', '.join(parts)} ({report['count']} samples)"
+
+
+def _broadcast(acc: Any, values: list[Any]) -> list[Any]:
+    if acc.num_processes == 1:
+        return values
+    from accelerate.utils import broadcast_object_list
+
+    return broadcast_object_list(values)

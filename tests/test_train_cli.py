@@ -1,0 +1,197 @@
+"""`epalm train | eval | predict | cache` on tiny random models and the tiny embedded datasets:
+composition and errors, a whole run, resume after SIGKILL, non-finite losses, and two real
+processes under `accelerate launch`."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from epalm import EPALM
+from epalm.cli import main
+from epalm.training.compose import choices, compose
+
+TINY = [
+    "lm=tiny-llama",
+    "data.size=tiny",
+    "connector.levels=2",
+    "connector.prompt_tokens=2",
+    "injection.first_layer=1",
+    "injection.last_layer=3",
+    "train.batch_size=4",
+    "train.num_workers=0",
+    "train.log_every=1",
+    "eval.batch_size=8",
+    "log_level=WARNING",
+]
+
+
+def tiny(tmp_path: Path, modality: str = "image", task: str = "vqa", *extra: str) -> list[str]:
+    return [
+        f"modality={modality}",
+        f"task={task}",
+        f"encoder=tiny-{modality}",
+        *TINY,
+        f"model_cache={tmp_path / 'cache'}",
+        f"run_dir={tmp_path / 'run'}",
+        *extra,
+    ]
+
+
+def run_cli(args: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "epalm", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false", **(env or {})},
+        **kwargs,
+    )
+
+
+def history(run_dir: Path) -> list[float]:
+    last = sorted((run_dir / "checkpoints").iterdir())[-1]
+    return [h["loss"] for h in json.loads((last / "trainer_state.json").read_text())["history"]]
+
+
+# --- composition -------------------------------------------------------------------------------
+def test_help_lists_every_group_and_its_choices(capsys):
+    assert main(["train", "--help"]) == 0
+    out = capsys.readouterr().out
+    for group, names in choices().items():
+        assert group in out
+        assert all(name in out for name in names)
+
+
+@pytest.mark.parametrize("modality", ["image", "video", "audio"])
+@pytest.mark.parametrize("task", ["vqa", "caption"])
+def test_modality_and_task_pick_the_embedded_default(modality, task):
+    resolved = compose([f"modality={modality}", f"task={task}"])
+    expected = {"image": "easy-vqa", "video": "shapes-video", "audio": "sound-scenes"}
+    assert resolved["data"]["name"] == expected[modality]
+    assert resolved["encoder"]["modality"] == modality
+    assert resolved["task"]["name"] == task
+    assert resolved["run_dir"] == f"runs/{modality}-{task}"
+    assert resolved["connector"]["prompt_tokens"] == 0  # the embedded recipe's speed choice
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("train.bogus=1", "train.bogus"),
+        ("modality=smell", "smell"),
+        ("train.mixed_precision=fp8", "train.mixed_precision='fp8' is not one of"),
+        ("encoder=whisper-tiny.en", "audio encoder but modality=image"),
+        ("train.batch_size=0", "train.batch_size must be at least 1"),
+    ],
+)
+def test_bad_overrides_fail_with_one_clear_line(override, message, capsys):
+    assert main(["train", override]) == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err
+
+
+# --- a whole run -------------------------------------------------------------------------------
+@pytest.mark.parametrize("modality", ["image", "video", "audio"])
+def test_train_writes_a_model_that_eval_and_predict_load(tmp_path, modality, capsys):
+    # captions on one modality only: their metrics start Java (METEOR, the PTB tokenizer)
+    task = "caption" if modality == "image" else "vqa"
+    args = tiny(tmp_path, modality, task, "train.max_steps=3", "train.eval_every=2")
+    assert main(["train", *args]) == 0
+    run = tmp_path / "run"
+    assert (run / "config.yaml").is_file() and "train:" in (run / "config.yaml").read_text()
+    assert "step 3" in (run / "train.log").read_text()
+    assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
+    scores = json.loads((run / "eval" / "test" / "scores.json").read_text())
+    assert {"seen", "blind"} <= set(scores)
+    model = EPALM.from_pretrained(run / "final")
+    assert model.parameter_report().trainable > 0
+
+    capsys.readouterr()
+    assert main(["eval", *args, "eval.blind=false"]) == 0
+    assert "test" in capsys.readouterr().out
+
+    media = sorted((tmp_path / "cache" / "datasets").rglob("*.png" if modality == "image" else
+                                                           "*.mp4" if modality == "video" else
+                                                           "*.wav"))[:2]  # fmt: skip
+    listed = "[" + ",".join(str(m) for m in media) + "]"
+    assert main(["predict", *args, f"predict.media={listed}", "predict.question=what?"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert [line.split("\t")[0] for line in lines] == [str(m) for m in media]
+
+
+def test_eval_without_a_trained_model_says_how_to_train_one(tmp_path, capsys):
+    assert main(["eval", *tiny(tmp_path)]) == 2
+    assert "epalm train modality=image task=vqa" in capsys.readouterr().err
+
+
+def test_a_non_finite_loss_stops_the_run_naming_step_and_samples(tmp_path, capsys):
+    args = tiny(tmp_path, "image", "vqa", "train.max_steps=6", "train.save_every=1")
+    args += ["train.lr=1e30", "train.prompt_lr=1e30", "train.max_grad_norm=null"]
+    assert main(["train", *args]) == 2
+    err = capsys.readouterr().err
+    assert "the loss is" in err and "step " in err and "ids [" in err
+    assert not (tmp_path / "run" / "final").exists()
+
+
+# --- resume ------------------------------------------------------------------------------------
+@pytest.mark.slow
+def test_resume_after_sigkill_ends_bit_identical(tmp_path):
+    steps = ["train.max_steps=40", "train.save_every=4", "train.eval_every=100", "eval.blind=false"]
+    straight = tiny(tmp_path / "a", "image", "vqa", *steps)
+    assert run_cli(["train", *straight]).wait(timeout=600) == 0
+
+    killed = tiny(tmp_path / "b", "image", "vqa", *steps)
+    proc = run_cli(["train", *killed])
+    checkpoints = tmp_path / "b" / "run" / "checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints.is_dir() and any(checkpoints.glob("step-*"))):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "run" / "final").exists(), "the run ended before the kill"
+    assert run_cli(["train", *killed]).wait(timeout=600) == 0
+    log = (tmp_path / "b" / "run" / "train.log").read_text()
+    assert "resumed from" in log, "the second run started over instead of resuming"
+
+    a = load_file(tmp_path / "a" / "run" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "run" / "final" / "model.safetensors")
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert history(tmp_path / "a" / "run") == history(tmp_path / "b" / "run")
+
+
+# --- two processes -----------------------------------------------------------------------------
+@pytest.mark.slow
+def test_two_processes_follow_the_single_process_loss_curve(tmp_path):
+    steps = ["train.max_steps=8", "train.eval_every=100", "eval.blind=false", "train.lr=3e-3"]
+    single = tiny(tmp_path / "one", "image", "vqa", *steps)
+    assert run_cli(["train", *single]).wait(timeout=600) == 0
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launch += ["--num_processes", "2", "--main_process_port", "29517", "-m", "epalm", "train"]
+    two = subprocess.run(
+        [*launch, *tiny(tmp_path / "two", "image", "vqa", *steps)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    assert "2 processes" in (tmp_path / "two" / "run" / "train.log").read_text()
+    one_curve, two_curve = history(tmp_path / "one" / "run"), history(tmp_path / "two" / "run")
+    assert len(one_curve) == len(two_curve) == 8
+    assert one_curve[-1] < one_curve[0]  # it trains
+    for a, b in zip(one_curve, two_curve):
+        assert abs(a - b) < 1e-4 * abs(a)
