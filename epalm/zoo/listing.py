@@ -38,7 +38,8 @@ def known_models(cache_dir: str | None = None) -> list[KnownModel]:
 
 
 def _preset_models() -> list[tuple[str, str]]:
-    models = [(lm_preset(n).model, "lm") for n in preset_names("lm")]
+    # presets built from a config alone (tiny-*) name no model to list
+    models = [(lm_preset(n).model, "lm") for n in preset_names("lm") if lm_preset(n).model]
     for name in preset_names("encoder"):
         modality, perceiver = encoder_preset(name)
         if "model" in perceiver.kwargs:
