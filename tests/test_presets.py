@@ -20,10 +20,10 @@ def test_every_preset_parses_and_states_its_sizes():
     )
     for name in preset_names("lm"):
         lm = lm_preset(name)
-        assert lm.model and lm.hidden_size > 0 and lm.num_layers > 0
-        assert (
-            len(injection_schedule(lm.num_layers, 6)) >= 6
-        )  # eP-ALM's schedule follows from the depth
+        assert (lm.model or lm.model_config) and lm.hidden_size > 0 and lm.num_layers > 0
+        if not name.startswith("tiny-"):  # 4 layers: tests inject 2 levels into layers 1..3
+            # eP-ALM's schedule follows from the depth
+            assert len(injection_schedule(lm.num_layers, 6)) >= 6
     for name in preset_names("encoder"):
         modality, perceiver = encoder_preset(name)
         assert modality in {"image", "video", "audio"}
