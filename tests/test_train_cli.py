@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from epalm import EPALM
 from epalm.cli import main
-from epalm.training.compose import choices, compose
+from epalm.training.compose import choices, compose, settings
 
 TINY = [
     "lm=tiny-llama",
@@ -82,6 +82,8 @@ def test_modality_and_task_pick_the_embedded_default(modality, task):
     assert resolved["task"]["name"] == task
     assert resolved["run_dir"] == f"runs/{modality}-{task}"
     assert resolved["connector"]["prompt_tokens"] == 0  # the embedded recipe's speed choice
+    run, _ = settings([f"modality={modality}", f"task={task}"])
+    assert run.connector.levels <= run.encoder.num_levels  # the model would refuse to build
 
 
 @pytest.mark.parametrize(
