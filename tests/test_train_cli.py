@@ -94,6 +94,7 @@ def test_modality_and_task_pick_the_embedded_default(modality, task):
         ("train.mixed_precision=fp8", "train.mixed_precision='fp8' is not one of"),
         ("encoder=whisper-tiny.en", "audio encoder but modality=image"),
         ("train.batch_size=0", "train.batch_size must be at least 1"),
+        ("connector.levels=13", "connector.levels=13 but the encoder has 12 levels"),
     ],
 )
 def test_bad_overrides_fail_with_one_clear_line(override, message, capsys):

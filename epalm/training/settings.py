@@ -194,6 +194,11 @@ def _check(s: RunSettings) -> None:
     _one_of("task.name", s.task.name, TASKS)
     _one_of("resume", s.resume, ("auto", "never"))
     _one_of("data.on_bad_sample", s.data.on_bad_sample, ("skip", "error"))
+    if s.encoder.num_levels and s.connector.levels > s.encoder.num_levels:
+        raise SettingsError(
+            f"connector.levels={s.connector.levels} but the encoder has {s.encoder.num_levels} "
+            f"levels; set connector.levels={s.encoder.num_levels} or fewer"
+        )
     if s.train.features == "cache" and s.train.augment:
         raise SettingsError("train.features=cache cannot augment media; set train.augment=false")
     for key in ("batch_size", "grad_accum", "log_every", "save_every", "eval_every", "keep_last"):
