@@ -19,6 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from epalm.model import WEIGHTS_NAME
+
 PREFIX = "step-"
 STATE = "state.pt"
 TRAINER_STATE = "trainer_state.json"
@@ -61,7 +63,7 @@ def load_checkpoint(
     """Restore a checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNGs; returns
     the trainer state (step, best score, ...)."""
     path = Path(path)
-    model.load_trained(path / MODEL / "model.safetensors")
+    model.load_trained(path / MODEL / WEIGHTS_NAME)
     state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])

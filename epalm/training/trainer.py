@@ -184,8 +184,10 @@ class Trainer:
                 state["step"] % s.train.eval_every == 0 or state["step"] == total
             ):
                 self._validate(state)
+                started = time.perf_counter()  # samples/s counts training steps only
             if state["step"] % s.train.save_every == 0 or state["step"] == total:
                 self._save(optimizer, scheduler, state)
+                started = time.perf_counter()
         bar.close()
 
     def _step(self, wrapped, optimizer, micro_batches, step: int) -> float:
@@ -251,7 +253,8 @@ class Trainer:
             value = metrics[s.task.metric]
             log.info("step %d  val %s %.4f", state["step"], s.task.metric, value)
             acc.log({f"val/{k}": v for k, v in metrics.items()}, state["step"])
-            state["history"][-1:] and state["history"][-1].update({"val": value})
+            if state["history"]:
+                state["history"][-1]["val"] = value
             if state["best"] is None or value > state["best"]:
                 state["best"], state["best_step"] = value, state["step"]
                 ckpt.publish_model(self.model, self.run_dir / "best")
