@@ -141,8 +141,10 @@ def contains(big: Any, small: Any) -> bool:
 def group_overrides(group: str, name: str) -> list[str]:
     """Overrides that compose ``group=name`` with what that choice needs to be valid."""
     overrides = [f"{group}={name}"]
-    if group == "encoder":  # an encoder needs its modality
-        overrides.insert(0, f"modality={preset('encoder', name)['modality']}")
+    if group == "encoder":  # an encoder needs its modality, and no more levels than it has
+        encoder = preset("encoder", name)
+        overrides.insert(0, f"modality={encoder['modality']}")
+        overrides.append(f"connector.levels={min(6, encoder['perceiver']['num_levels'])}")
     if group == "experiment" and name.startswith("embedded-"):  # embedded-{modality}-{task}
         _, modality, task = name.split("-")
         overrides[:0] = [f"modality={modality}", f"task={task}"]
@@ -174,6 +176,10 @@ def test_every_group_choice_composes(group, name):
 def test_tiny_presets_compose_into_a_smoke_run():
     for modality in ("image", "video", "audio"):
         run, _ = compose(
-            f"modality={modality}", "lm=tiny-llama", f"encoder=tiny-{modality}", "train.max_steps=2"
+            f"modality={modality}",
+            "lm=tiny-llama",
+            f"encoder=tiny-{modality}",
+            "connector.levels=2",
+            "train.max_steps=2",
         )
         assert run.lm.model_config["model_type"] == "llama" and run.encoder.num_levels == 4
