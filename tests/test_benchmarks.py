@@ -25,3 +25,17 @@ def test_cache_throughput_quick_mode(tmp_path):
         # the same samples and starting weights: the first step's loss is the same either way
         assert abs(row["first_loss_media"] - row["first_loss_cache"]) < 1e-4
     assert "| speed-up |" in result.stdout
+
+
+def test_yes_no_probe_asks_each_value_once_as_yes():
+    sys.path.insert(0, str(BENCHMARKS))
+    try:
+        from probe_yes_no import questions
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+    asked = questions("teal", "circle")
+    assert sorted(q for q, truth in asked if truth) == [
+        "is there a circle?",
+        "is there a teal shape?",
+    ]
+    assert len(asked) == 8 + 3 and len({q for q, _ in asked}) == len(asked)
