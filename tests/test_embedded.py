@@ -81,13 +81,34 @@ def test_media_files_are_real(built, name):
 
 
 @pytest.mark.parametrize("name", sorted(EMBEDDED))
-def test_same_seed_same_bytes_other_seed_other_data(built, name):
+def test_same_seed_same_data_other_seed_other_data(built, name):
     first, again, other = built(name), built(name, copy=1), built(name, seed=1)
-    assert first != again and file_hashes(first) == file_hashes(again)
+    assert first != again
+    ours, theirs = file_hashes(first), file_hashes(again)
+    assert ours.keys() == theirs.keys()
+    for file in ours:
+        if file.endswith(".mp4") and ours[file] != theirs[file]:
+            assert_same_video(first / file, again / file)
+        else:
+            assert ours[file] == theirs[file], file
     for split in SPLITS:
         assert (first / f"{split}.jsonl").read_bytes() == (again / f"{split}.jsonl").read_bytes()
         assert (first / f"{split}.jsonl").read_bytes() != (other / f"{split}.jsonl").read_bytes()
     assert media_hashes(first) != media_hashes(other)
+
+
+def assert_same_video(path, other):
+    """libx264 here now and then encodes the same frames to different bytes (with one encoder
+    thread, from rgb24 or yuv420p input alike). Measured over 40 clips: such twins decode
+    0.0-0.5 apart (mean absolute difference, 0-255), two different clips about 18."""
+    ours, theirs = (decoded_frames(p).astype(int) for p in (path, other))
+    assert ours.shape == theirs.shape, path
+    assert np.abs(ours - theirs).mean() < 2, path
+
+
+def decoded_frames(path):
+    with av.open(str(path)) as container:
+        return np.stack([f.to_ndarray(format="rgb24") for f in container.decode(video=0)])
 
 
 def test_built_once_then_cached_under_epalm_cache(tmp_path, monkeypatch):

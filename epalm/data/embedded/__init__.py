@@ -8,7 +8,8 @@
 
 Each dataset directory holds real media files (PNG, MP4, WAV), ``train.jsonl``, ``val.jsonl`` and
 ``test.jsonl`` (every media item has a caption sample and question-answer samples) and a
-README.md card. The same name, seed and size always give the same files.
+README.md card. The same name, seed and size always give the same data: the same files, except
+that libx264 now and then encodes a clip to other bytes that decode to the same picture.
 """
 
 from __future__ import annotations

@@ -108,15 +108,8 @@ def write_mp4(path: Path, frames: np.ndarray) -> None:
         stream.width, stream.height, stream.pix_fmt = SIZE, SIZE, "yuv420p"
         stream.thread_count = 1  # tiny frames gain nothing from threads
         for frame in frames:
-            container.mux(stream.encode(_yuv420p(av, frame)))
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
-
-
-def _yuv420p(av, frame: np.ndarray):
-    """Convert before encoding: handing libx264 an rgb24 frame to convert itself gives
-    different bytes from run to run, while a converted copy encodes deterministically."""
-    rgb = av.VideoFrame.from_ndarray(frame, format="rgb24")
-    return av.VideoFrame.from_ndarray(rgb.reformat(format="yuv420p").to_ndarray(), format="yuv420p")
 
 
 def build(out_dir: Path, seed: int, sizes: dict[str, int]) -> Built:
