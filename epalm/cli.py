@@ -145,6 +145,7 @@ JOBS = {
     "eval": "score a trained model on a split, and blind",
     "predict": "caption or answer questions about files",
     "cache": "compute the frozen encoder's features once",
+    "demo": "serve trained models in a web page (Gradio)",
 }
 
 

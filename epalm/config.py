@@ -67,6 +67,7 @@ class TextConfig:
     caption_prompt: str = ""
     vqa_prompt: str = "Question: {question} Answer:"
     loss_on_prompt: bool = False  # eP-ALM's "question tokens too" when True
+    task: str | None = None  # what the connector was trained for: "caption" or "vqa"
 
 
 @dataclass

@@ -24,6 +24,7 @@ prefix; later calls see only new tokens, whose keys already hold the injected sl
 from __future__ import annotations
 
 import operator
+import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -116,13 +117,17 @@ class _Active:
 
 
 class Injector:
-    """Hooks a frozen causal LM so that, inside ``inject(...)``, its prefix carries perception."""
+    """Hooks a frozen causal LM so that, inside ``inject(...)``, its prefix carries perception.
+
+    What is being injected is kept per thread, so one model (or several sharing one LM) can
+    serve requests from several threads at once.
+    """
 
     def __init__(self, lm: nn.Module, schedule: dict[int, int], num_slots: int, prompt_tokens: int):
         self.schedule = dict(schedule)
         self.num_slots = num_slots
         self.prompt_tokens = prompt_tokens
-        self._active: _Active | None = None
+        self._local = threading.local()
         layers = decoder_layers(lm)
         first = min(self.schedule, default=len(layers))
         self._handles = [
@@ -139,6 +144,14 @@ class Injector:
                 for index in range(1, first)
             ),
         ]
+
+    @property
+    def _active(self) -> _Active | None:
+        return getattr(self._local, "active", None)
+
+    @_active.setter
+    def _active(self, active: _Active | None) -> None:
+        self._local.active = active
 
     @property
     def prefix_length(self) -> int:

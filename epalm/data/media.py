@@ -56,6 +56,18 @@ def decoding(path: Path, kind: str) -> Iterator[None]:
         raise MediaError(f"{path}: cannot decode {kind}: {reason}") from err
 
 
+def media_duration(path: str | os.PathLike) -> float | None:
+    """A video or audio file's length in seconds, as its header states it (None: it does not)."""
+    import av
+
+    path = check_file(path)
+    with decoding(path, "media"), av.open(str(path)) as container:
+        if container.duration is not None:
+            return container.duration / av.time_base
+        stated = [float(s.duration * s.time_base) for s in container.streams if s.duration]
+        return max(stated, default=None)
+
+
 # --- images ----------------------------------------------------------------------------------
 def read_image(path: str | os.PathLike) -> np.ndarray:
     """An image file -> upright (EXIF orientation applied) RGB ``[H, W, 3]`` uint8."""

@@ -71,6 +71,7 @@ def help_text(command: str) -> str:
         "  epalm train modality=audio task=caption",
         "  epalm train modality=video task=vqa train.max_steps=50 eval.blind=false",
         "  accelerate launch -m epalm train modality=image  (many processes or GPUs)",
+        "  epalm demo  (every runs/*/final in a web page; demo.port=8080 demo.auth=me:secret)",
     ]
     return "\n".join(lines)
 
@@ -82,6 +83,9 @@ _PURPOSE = {
     "and blind (perception removed) unless eval.blind=false.",
     "predict": "Caption, or answer predict.question about, the files in predict.media=[a,b]\n"
     "with a saved model (checkpoint=DIR, default <run_dir>/final).",
+    "demo": "Serve saved models in a web page: checkpoint=DIR (or demo.checkpoints=[A,B]),\n"
+    "by default every runs/*/final; on 127.0.0.1 unless demo.host, demo.share or demo.auth\n"
+    "say otherwise (the demo.* keys below).",
     "cache": "Compute the frozen encoder's features of every split of the data once, into\n"
     "the feature cache that training and evaluation read.",
 }

@@ -60,7 +60,7 @@ def predict(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, str]:
     if missing:
         raise FileNotFoundError(f"predict.media: no such file: {', '.join(missing)}")
     accelerator = _accelerator(settings)
-    _setup_logging(settings, accelerator, None)
+    _setup_logging(settings, accelerator.is_main_process, None)
     model = _load_model(settings, accelerator)
     from epalm.data.dataset import decode
 
@@ -86,13 +86,21 @@ def cache(settings: RunSettings, resolved: dict[str, Any]) -> None:
     from epalm.zoo.cache import using_cache
 
     accelerator = _accelerator(settings)
-    _setup_logging(settings, accelerator, None)
+    _setup_logging(settings, accelerator.is_main_process, None)
     with using_cache(settings.model_cache):
         perceiver = build_perceiver(settings.encoder.name, **settings.encoder.kwargs)
     perceiver.to(accelerator.device)
     samples = [s for split in settings.data.splits for s in load_split(settings, split)]
     features = features_for(settings, perceiver, samples, accelerator)
     print(f"{len(features)} files cached for {settings.encoder.name} ({settings.data.name})")
+
+
+def demo(settings: RunSettings, resolved: dict[str, Any]) -> None:
+    """Serve saved models in a web page until interrupted."""
+    _setup_logging(settings, True, None)
+    from epalm.demo import serve
+
+    serve(settings)
 
 
 def _load_model(settings: RunSettings, accelerator: Any) -> Any:
@@ -163,13 +171,13 @@ def _start(
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", to_yaml(resolved))
     accelerator.wait_for_everyone()
-    _setup_logging(settings, accelerator, out_dir / f"{job}.log")
+    _setup_logging(settings, accelerator.is_main_process, out_dir / f"{job}.log")
     if accelerator.is_main_process:
         print(to_yaml(resolved), file=sys.stderr)
     log.info("epalm %s: %s (config.yaml there holds the resolved config)", job, out_dir)
 
 
-def _setup_logging(settings: RunSettings, accelerator: Any, path: Path | None) -> None:
+def _setup_logging(settings: RunSettings, main: bool, path: Path | None) -> None:
     """Readable lines on stderr at ``log_level`` (main process), and always at INFO in the run's
     log file."""
     fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
@@ -177,7 +185,7 @@ def _setup_logging(settings: RunSettings, accelerator: Any, path: Path | None) -
     root.setLevel(min(logging.INFO, logging.getLevelName(settings.log_level)))
     root.handlers.clear()
     root.propagate = False
-    if not accelerator.is_main_process:
+    if not main:
         return
     console = logging.StreamHandler()
     console.setLevel(settings.log_level)

@@ -99,6 +99,23 @@ class PredictSettings:
 
 
 @dataclass
+class DemoSettings:
+    """``epalm demo``: which models to serve, where, and what uploads it takes."""
+
+    checkpoints: list[str] = field(default_factory=list)  # saved models (checkpoint=DIR adds one)
+    runs: str = "runs"  # with no checkpoint given: serve every <runs>/*/final
+    host: str = "127.0.0.1"  # 0.0.0.0 serves other machines too
+    port: int | None = None  # None: the first free port from 7860
+    share: bool = False  # a public gradio.live link
+    auth: str | None = None  # "user:password": a login page in front of the demo
+    max_file_mb: float = 50.0
+    max_seconds: float = 60.0  # the longest video or audio it takes
+    concurrency: int = 1  # model runs at once; requests beyond it wait in the queue
+    queue_size: int = 32  # requests waiting beyond which new ones are turned away
+    examples: bool = True
+
+
+@dataclass
 class RunSettings:
     modality: str
     task: TaskSettings
@@ -111,6 +128,7 @@ class RunSettings:
     eval: EvalSettings
     predict: PredictSettings
     run_dir: str
+    demo: DemoSettings = field(default_factory=DemoSettings)
     seed: int = 0
     resume: str = "auto"  # "auto": continue from the run directory's last checkpoint; "never"
     checkpoint: str | None = None  # eval / predict: a saved model (default <run_dir>/final)
@@ -128,6 +146,7 @@ class RunSettings:
                 caption_prompt=self.task.prompt if self.task.name == "caption" else "",
                 vqa_prompt=self.task.prompt if self.task.name == "vqa" else TextConfig.vqa_prompt,
                 loss_on_prompt=self.task.loss_on_prompt,
+                task=self.task.name,
             ),
             model_cache=self.model_cache,
         )
@@ -184,6 +203,7 @@ _DATACLASSES: dict[str, type] = {
         EvalSettings,
         GenerationSettings,
         PredictSettings,
+        DemoSettings,
     )
 }
 
@@ -209,11 +229,22 @@ def _check(s: RunSettings) -> None:
             f"train.batch_size={s.train.batch_size} is not a multiple of "
             f"train.grad_accum={s.train.grad_accum}"
         )
+    _check_demo(s.demo)
     if not s.data.embedded and not s.data.root:
         raise SettingsError(
             f"data.root is not set: point it at the manifests of {s.data.name!r} "
             f"(`epalm data prepare {s.data.name} --root DIR` writes them)"
         )
+
+
+def _check_demo(demo: DemoSettings) -> None:
+    if demo.port is not None and not 0 < demo.port < 65536:
+        raise SettingsError(f"demo.port={demo.port} is not a port (1-65535)")
+    for key in ("max_file_mb", "max_seconds", "concurrency", "queue_size"):
+        if getattr(demo, key) <= 0:
+            raise SettingsError(f"demo.{key} must be positive, got {getattr(demo, key)}")
+    if demo.auth is not None and ":" not in demo.auth.strip(":"):
+        raise SettingsError("demo.auth must be user:password")
 
 
 def _one_of(key: str, value: Any, choices: tuple[str, ...]) -> None:

@@ -1,0 +1,94 @@
+"""The models a demo serves: given, or found where the main jobs write them; loaded once, with
+one frozen LM shared by every checkpoint built on it."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from tqdm.auto import tqdm
+
+from epalm.config import EPALMConfig
+from epalm.model import CONFIG_NAME, EPALM
+from epalm.zoo.cache import using_cache
+
+log = logging.getLogger("epalm.demo")
+MODALITIES = ("image", "video", "audio")
+
+
+class NoModelsError(FileNotFoundError):
+    """No checkpoint was given and none lies in the runs directory."""
+
+
+@dataclass
+class ServedModel:
+    name: str  # what the page calls it: the run's name, e.g. "image-vqa"
+    directory: Path
+    model: EPALM
+    task: str | None  # what it was trained for: "caption", "vqa" or None (not recorded)
+
+    def slot_for(self, modality: str) -> str | None:
+        """The slot that perceives ``modality`` (None: this model does not)."""
+        slots = [s for s, p in self.model.perceivers.items() if p.modality == modality]
+        return slots[0] if slots else None
+
+
+def checkpoints_to_serve(given: Sequence[str], runs: str) -> list[Path]:
+    """The given checkpoints, else every ``<runs>/*/final`` (what ``epalm train`` leaves)."""
+    if given:
+        return [Path(g) for g in given]
+    found = sorted(p.parent for p in Path(runs).glob(f"*/final/{CONFIG_NAME}"))
+    if not found:
+        raise NoModelsError(
+            f"no trained model to serve: none given and none under {runs}/ (looked for "
+            f"{runs}/*/final). Train one with `epalm train` (image question answering; "
+            "modality=video|audio and task=caption choose others), or give checkpoint=DIR"
+        )
+    return found
+
+
+def load_models(
+    directories: Sequence[Path], model_cache: str | None = None
+) -> dict[str, ServedModel]:
+    """Each checkpoint by its display name; checkpoints on the same LM share one copy of it."""
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    lms: dict[str, torch.nn.Module] = {}
+    served: dict[str, ServedModel] = {}
+    for directory in tqdm(directories, desc="loading models", unit="model"):
+        lm_key = _lm_key(directory)
+        with using_cache(model_cache):
+            model = EPALM.from_pretrained(directory, lm=lms.get(lm_key))
+        lms.setdefault(lm_key, model.lm)
+        name = _unique(_display_name(directory), served)
+        served[name] = ServedModel(name, directory, model.to(device).eval(), model.config.text.task)
+        log.info("serving %s from %s (perceives %s)", name, directory, ", ".join(model.perceivers))
+    return served
+
+
+def _lm_key(directory: Path) -> str:
+    if not (directory / CONFIG_NAME).is_file():
+        raise FileNotFoundError(f"{directory} is not an epalm checkpoint: {CONFIG_NAME} is missing")
+    lm = EPALMConfig.load(directory / CONFIG_NAME).lm
+    return json.dumps(dataclasses.asdict(lm), sort_keys=True)
+
+
+def _display_name(directory: Path) -> str:
+    """``runs/image-vqa/final`` -> ``image-vqa``; ``runs/image-vqa/best`` -> ``image-vqa (best)``."""
+    directory = directory.resolve()
+    if directory.name == "final":
+        return directory.parent.name
+    if directory.name == "best":
+        return f"{directory.parent.name} (best)"
+    return directory.name
+
+
+def _unique(name: str, taken: dict[str, ServedModel]) -> str:
+    candidate, n = name, 2
+    while candidate in taken:
+        candidate, n = f"{name} ({n})", n + 1
+    return candidate

