@@ -19,6 +19,7 @@ from epalm.testing import tiny_model
 from epalm.training.compose import settings
 from epalm.training.settings import SettingsError
 
+SERVER = pytest.mark.slow  # starts a demo server (about 30 s the first time)
 MODELS = {"image": "image-vqa", "video": "video-caption", "audio": "audio-caption"}
 
 
@@ -32,13 +33,16 @@ def examples(demo_runs):
     return demo_runs[1] / "demo-examples"
 
 
-def ask(client, modality, path, task=DESCRIBE, question="", decoding="beam search"):
-    model = MODELS[modality]
-    return client.predict(
-        model, handle_file(str(path)), task, question, decoding, 3, 20, api_name=f"/{modality}"
-    )
+def arguments(modality, path, task=DESCRIBE, question="", decoding="beam search"):
+    """A tab's inputs: model, file, task, question, decoding, beams, max new tokens."""
+    return MODELS[modality], handle_file(str(path)), task, question, decoding, 3, 20
 
 
+def ask(client, modality, path, *args, **kwargs):
+    return client.predict(*arguments(modality, path, *args, **kwargs), api_name=f"/{modality}")
+
+
+@SERVER
 @pytest.mark.parametrize("task", [DESCRIBE, ASK])
 @pytest.mark.parametrize("modality", list(DEMO_PHRASES))
 def test_each_tab_answers_with_its_models_text(client, examples, modality, task):
@@ -48,12 +52,14 @@ def test_each_tab_answers_with_its_models_text(client, examples, modality, task)
     assert who.startswith(f"**{MODELS[modality]}** answered in ") and who.endswith("(beam search).")
 
 
+@SERVER
 def test_greedy_decoding_is_offered_too(client, examples):
     name, caption, _ = DEMO_PHRASES["image"]
     text, who = ask(client, "image", examples / name, decoding="greedy")
     assert text == caption and who.endswith("(greedy).")
 
 
+@SERVER
 @pytest.mark.parametrize(
     ("modality", "suffix"), [("image", ".png"), ("video", ".mp4"), ("audio", ".wav")]
 )
@@ -72,6 +78,7 @@ def test_a_corrupt_upload_gets_a_friendly_error_and_the_server_keeps_serving(
     assert ask(client, modality, examples / name)[0] == caption
 
 
+@SERVER
 def test_empty_and_wrong_kind_uploads_say_what_is_wrong(client, examples, tmp_path):
     empty = tmp_path / "empty.png"
     empty.touch()
@@ -83,6 +90,7 @@ def test_empty_and_wrong_kind_uploads_say_what_is_wrong(client, examples, tmp_pa
         ask(client, "video", examples / "shape.png")
 
 
+@SERVER
 def test_too_long_and_too_large_uploads_are_refused_by_the_configured_limits(client, tmp_path):
     long_sound = tmp_path / "long.wav"  # 6 s, over demo.max_seconds=5
     with wave.open(str(long_sound), "wb") as out:
@@ -101,11 +109,13 @@ def test_too_long_and_too_large_uploads_are_refused_by_the_configured_limits(cli
         ask(client, "image", large)
 
 
+@SERVER
 def test_a_question_is_needed_to_ask_one(client, examples):
     with pytest.raises(AppError, match="Please type a question"):
         ask(client, "image", examples / "shape.png", ASK, "  ")
 
 
+@SERVER
 def test_it_binds_only_the_loopback_address(demo_server):
     port = int(demo_server.rstrip("/").rsplit(":", 1)[1])
     assert demo_server.startswith("http://127.0.0.1:")
@@ -142,6 +152,7 @@ def test_with_no_checkpoint_it_says_which_command_trains_one(tmp_path):
     assert main(["demo", f"demo.runs={tmp_path}"]) == 2
 
 
+@SERVER
 def test_it_finds_the_runs_main_jobs_write(demo_runs):
     found = checkpoints_to_serve([], str(demo_runs[0]))
     assert [p.parent.name for p in found] == ["audio-caption", "image-vqa", "video-caption"]
@@ -178,6 +189,14 @@ def test_checkpoints_on_one_lm_share_it_and_one_model_serves_threads_at_once(tmp
     assert all(r == [expected[i % 2]] * 5 for i, r in results.items())
 
 
+def test_help_lists_the_demo_keys(capsys):
+    from epalm.cli import main
+
+    assert main(["demo", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "demo.host=127.0.0.1" in out and "demo.port=null" in out and "demo.auth=null" in out
+
+
 def test_demo_settings_are_checked():
     run, _ = settings(["demo.port=8080", "demo.auth=me:secret"])
     assert (run.demo.host, run.demo.port, run.demo.share) == ("127.0.0.1", 8080, False)
@@ -190,6 +209,7 @@ def test_demo_settings_are_checked():
             settings([bad])
 
 
+@SERVER
 def test_auth_puts_a_login_in_front(demo_runs):
     from epalm.demo import serve
 
@@ -206,10 +226,7 @@ def test_auth_puts_a_login_in_front(demo_runs):
             Client(url, auth=("me", "wrong"), verbose=False)
         client = Client(url, auth=("me", "secret"), verbose=False)
         name, caption, _ = DEMO_PHRASES["image"]
-        path = cache / "demo-examples" / name
-        text, _ = client.predict("image-vqa", handle_file(str(path)), DESCRIBE, "", "greedy", 3,
-                                 20, api_name="/image")  # fmt: skip
-        assert text == caption
+        assert ask(client, "image", cache / "demo-examples" / name)[0] == caption
     finally:
         app.close()
 
@@ -223,3 +240,45 @@ def test_teaching_helper_really_teaches():
     teach(model, media, "hello", "yes")
     assert model.caption(media, num_beams=1) == "hello"
     assert model.answer(media, DEMO_QUESTION, num_beams=1) == "yes"
+
+
+@SERVER
+def test_the_queue_runs_one_model_at_a_time_across_tabs(demo_runs, monkeypatch):
+    """demo.concurrency=1: requests to different tabs wait for each other (they share one
+    concurrency group), so the machine never runs two models at once."""
+    import time
+
+    from epalm.demo import serve
+    from epalm.model import EPALM
+
+    running, most = [], []
+    generate = EPALM.generate
+
+    def observed(self, *args, **kwargs):  # the real generate, timed and counted
+        running.append(1)
+        most.append(len(running))
+        time.sleep(0.3)  # long enough for a second request to overlap if it were let in
+        try:
+            return generate(self, *args, **kwargs)
+        finally:
+            running.pop()
+
+    monkeypatch.setattr(EPALM, "generate", observed)
+    runs, cache = demo_runs
+    port = free_port()
+    run, _ = settings([f"demo.runs={runs}", f"model_cache={cache}", f"demo.port={port}",
+                       "demo.concurrency=1", "demo.examples=false"])  # fmt: skip
+    app = serve(run, block=False)
+    try:
+        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
+        files = {m: cache / "demo-examples" / DEMO_PHRASES[m][0] for m in DEMO_PHRASES}
+        order = ["image", "audio", "video"] * 2
+        jobs = [
+            client.submit(*arguments(m, files[m], DESCRIBE, "", "greedy"), api_name=f"/{m}")
+            for m in order
+        ]
+        texts = [job.result(timeout=120)[0] for job in jobs]
+    finally:
+        app.close()
+    assert texts == [DEMO_PHRASES[m][1] for m in order]
+    assert len(most) == 6 and max(most) == 1

@@ -119,6 +119,7 @@ def test_train_writes_a_model_that_eval_and_predict_load(tmp_path, modality, cap
     assert {"seen", "blind"} <= set(scores)
     model = EPALM.from_pretrained(run / "final")
     assert model.parameter_report().trainable > 0
+    assert model.config.text.task == task  # recorded: the demo proposes it first
 
     capsys.readouterr()
     assert main(["eval", *args, "eval.blind=false"]) == 0

