@@ -74,7 +74,7 @@ def test_a_corrupt_upload_gets_a_friendly_error_and_the_server_keeps_serving(
         ask(client, modality, corrupt)
     message = str(caught.value)
     assert message.startswith(f"broken{suffix} could not be read as ")
-    assert "Traceback" not in message and str(tmp_path) not in message
+    assert "Traceback" not in message and "/" not in message  # no paths, client's or server's
     assert ask(client, modality, examples / name)[0] == caption
 
 

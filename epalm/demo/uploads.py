@@ -41,7 +41,8 @@ def read_upload(path: str | os.PathLike, perceiver: Perceiver, limits: Limits) -
                 )
         return decode(path, perceiver, train=False)
     except MediaError as err:
-        raise UploadError(unreadable(name, kind, str(err).replace(f"{path}: ", ""))) from None
+        reason = str(err).replace(f"{path}: ", "").replace(str(path), name)  # no server paths
+        raise UploadError(unreadable(name, kind, reason)) from None
 
 
 def check_size(path: Path, kind: str, limits: Limits, name: str | None = None) -> None:
