@@ -3,7 +3,9 @@
 import shutil
 import socket
 import threading
+import time
 import wave
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +15,10 @@ from conftest import DEMO_PHRASES, DEMO_QUESTION, free_port, teach
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, AuthenticationError
 
+from epalm.demo import serve
 from epalm.demo.examples import ASK, DESCRIBE, build_examples
 from epalm.demo.models import NoModelsError, checkpoints_to_serve, load_models
+from epalm.model import EPALM
 from epalm.testing import tiny_model
 from epalm.training.compose import settings
 from epalm.training.settings import SettingsError
@@ -209,26 +213,30 @@ def test_demo_settings_are_checked():
             settings([bad])
 
 
-@SERVER
-def test_auth_puts_a_login_in_front(demo_runs):
-    from epalm.demo import serve
-
+@contextmanager
+def serving_in_process(demo_runs, *overrides):
+    """The URL of ``epalm.demo.serve`` run in this process (to observe or patch it)."""
     runs, cache = demo_runs
     port = free_port()
     run, _ = settings([f"demo.runs={runs}", f"model_cache={cache}", f"demo.port={port}",
-                       "demo.auth=me:secret", "demo.examples=false"])  # fmt: skip
+                       "demo.examples=false", *overrides])  # fmt: skip
     app = serve(run, block=False)
     try:
-        url = f"http://127.0.0.1:{port}/"
+        yield f"http://127.0.0.1:{port}/"
+    finally:
+        app.close()
+
+
+@SERVER
+def test_auth_puts_a_login_in_front(demo_runs):
+    with serving_in_process(demo_runs, "demo.auth=me:secret") as url:
         with pytest.raises(AuthenticationError, match="credentials were not provided"):
             Client(url, verbose=False)
         with pytest.raises(ValueError, match="Could not login"):
             Client(url, auth=("me", "wrong"), verbose=False)
         client = Client(url, auth=("me", "secret"), verbose=False)
         name, caption, _ = DEMO_PHRASES["image"]
-        assert ask(client, "image", cache / "demo-examples" / name)[0] == caption
-    finally:
-        app.close()
+        assert ask(client, "image", demo_runs[1] / "demo-examples" / name)[0] == caption
 
 
 def test_teaching_helper_really_teaches():
@@ -246,11 +254,6 @@ def test_teaching_helper_really_teaches():
 def test_the_queue_runs_one_model_at_a_time_across_tabs(demo_runs, monkeypatch):
     """demo.concurrency=1: requests to different tabs wait for each other (they share one
     concurrency group), so the machine never runs two models at once."""
-    import time
-
-    from epalm.demo import serve
-    from epalm.model import EPALM
-
     running, most = [], []
     generate = EPALM.generate
 
@@ -264,21 +267,17 @@ def test_the_queue_runs_one_model_at_a_time_across_tabs(demo_runs, monkeypatch):
             running.pop()
 
     monkeypatch.setattr(EPALM, "generate", observed)
-    runs, cache = demo_runs
-    port = free_port()
-    run, _ = settings([f"demo.runs={runs}", f"model_cache={cache}", f"demo.port={port}",
-                       "demo.concurrency=1", "demo.examples=false"])  # fmt: skip
-    app = serve(run, block=False)
-    try:
-        client = Client(f"http://127.0.0.1:{port}/", verbose=False)
-        files = {m: cache / "demo-examples" / DEMO_PHRASES[m][0] for m in DEMO_PHRASES}
-        order = ["image", "audio", "video"] * 2
+    examples = demo_runs[1] / "demo-examples"
+    order = ["image", "audio", "video"] * 2
+    with serving_in_process(demo_runs, "demo.concurrency=1") as url:
+        client = Client(url, verbose=False)
         jobs = [
-            client.submit(*arguments(m, files[m], DESCRIBE, "", "greedy"), api_name=f"/{m}")
+            client.submit(
+                *arguments(m, examples / DEMO_PHRASES[m][0], DESCRIBE, "", "greedy"),
+                api_name=f"/{m}",
+            )
             for m in order
         ]
         texts = [job.result(timeout=120)[0] for job in jobs]
-    finally:
-        app.close()
     assert texts == [DEMO_PHRASES[m][1] for m in order]
     assert len(most) == 6 and max(most) == 1
