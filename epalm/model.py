@@ -413,17 +413,23 @@ class EPALM(nn.Module):
     def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> EPALM:
         """Rebuild a model saved by ``save_pretrained``: frozen parts from their sources, trained weights from the file."""
         directory = Path(directory)
-        for required in (CONFIG_NAME, WEIGHTS_NAME):
-            if not (directory / required).is_file():
-                raise FileNotFoundError(
-                    f"{directory} is not an epalm checkpoint: {required} is missing"
-                )
-        config = EPALMConfig.load(directory / CONFIG_NAME)
+        config = cls.saved_config(directory)
         if "tokenizer" not in kwargs and (directory / "tokenizer_config.json").is_file():
             kwargs["tokenizer"] = AutoTokenizer.from_pretrained(directory)
         model = cls(config, **kwargs)
         model.load_trained(directory / WEIGHTS_NAME)
         return model
+
+    @staticmethod
+    def saved_config(directory: str | os.PathLike) -> EPALMConfig:
+        """The config of a model saved by ``save_pretrained`` (nothing is built)."""
+        directory = Path(directory)
+        for required in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / required).is_file():
+                raise FileNotFoundError(
+                    f"{directory} is not an epalm checkpoint: {required} is missing"
+                )
+        return EPALMConfig.load(directory / CONFIG_NAME)
 
     def load_trained(self, path: str | os.PathLike) -> None:
         """Load trained weights, insisting they are exactly this model's trainable tensors."""

@@ -81,9 +81,7 @@ def respond(
     if model_name not in models:
         raise _tell(f"No model called {model_name!r}; choose one of {', '.join(models)}.")
     served = models[model_name]
-    slot = served.slot_for(modality)
-    if slot is None:
-        raise _tell(f"{model_name} does not perceive {modality}; choose another model.")
+    slot = served.slot_for(modality)  # a tab only lists models that perceive its modality
     if not media:
         raise _tell(f"Please upload {KIND[modality]} first, or click an example.")
     if task == ASK and not (question or "").strip():

@@ -13,7 +13,6 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from epalm.config import EPALMConfig
 from epalm.model import CONFIG_NAME, EPALM
 from epalm.zoo.cache import using_cache
 
@@ -71,9 +70,7 @@ def load_models(
 
 
 def _lm_key(directory: Path) -> str:
-    if not (directory / CONFIG_NAME).is_file():
-        raise FileNotFoundError(f"{directory} is not an epalm checkpoint: {CONFIG_NAME} is missing")
-    lm = EPALMConfig.load(directory / CONFIG_NAME).lm
+    lm = EPALM.saved_config(directory).lm
     return json.dumps(dataclasses.asdict(lm), sort_keys=True)
 
 

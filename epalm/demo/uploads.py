@@ -27,10 +27,10 @@ class Limits:
 
 
 def read_upload(path: str | os.PathLike, perceiver: Perceiver, limits: Limits) -> Any:
-    """The file decoded for ``perceiver``, after checking its size and (video, audio) length."""
+    """The file decoded for ``perceiver``, after checking the length of video and audio (its
+    size was checked as it arrived: ``check_size``)."""
     path = Path(path)
     name, kind = path.name, perceiver.modality
-    check_size(path, kind, limits)
     try:
         if kind in ("video", "audio"):
             seconds = media_duration(path)

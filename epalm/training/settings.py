@@ -131,7 +131,7 @@ class RunSettings:
     demo: DemoSettings = field(default_factory=DemoSettings)
     seed: int = 0
     resume: str = "auto"  # "auto": continue from the run directory's last checkpoint; "never"
-    checkpoint: str | None = None  # eval / predict: a saved model (default <run_dir>/final)
+    checkpoint: str | None = None  # eval / predict / demo: a saved model (default <run_dir>/final)
     model_cache: str | None = None
     log_level: str = "INFO"
 
