@@ -1,6 +1,6 @@
 """How long each embedded dataset takes to build from an empty cache, and how blind its questions are.
 
-    python benchmarks/bench_datasets.py [--size default] [--seed 0] [NAME ...]
+    python -m benchmarks.bench_datasets [--size default] [--seed 0] [NAME ...]
 
 Builds each dataset into a fresh temporary cache (easy-vqa's time includes downloading its
 wheel with pip), then prints a markdown table of media items per split, samples and seconds,

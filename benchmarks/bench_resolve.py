@@ -1,6 +1,6 @@
 """How long resolving an already-cached model takes, with every network connection refused.
 
-    python benchmarks/bench_resolve.py [--repeat 5] [NAME ...]
+    python -m benchmarks.bench_resolve [--repeat 5] [NAME ...]
 
 Builds each offline model first if needed (not timed), then times ``resolve(name)`` with
 ``socket.connect`` patched to fail, so any network access would show as an error. The last

@@ -1,6 +1,6 @@
 """The six main jobs, each from an empty cache, timed: the README's results table.
 
-    python benchmarks/main_jobs.py [--out main_jobs] [--jobs image-vqa video-caption ...]
+    python -m benchmarks.main_jobs [--out main_jobs] [--jobs image-vqa video-caption ...]
 
 Each job runs `epalm train modality=M task=T` in a fresh process with its own empty
 ``EPALM_CACHE``, so its wall time includes fetching and converting the offline models, building

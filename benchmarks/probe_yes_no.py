@@ -1,6 +1,6 @@
 """Can the frozen LM answer easy-VQA's yes/no questions when it is *told* what the image shows?
 
-    python benchmarks/probe_yes_no.py [--lm smollm2-135m-instruct]
+    python -m benchmarks.probe_yes_no [--lm smollm2-135m-instruct]
 
 For every color and shape, the LM reads "The image shows a <color> <shape>. Question: is there
 a <value> shape? Answer:" (and "is there a <shape>?"), once naming the image's own value and once

@@ -220,8 +220,9 @@ class Injector:
         matters changes.
         """
         active = self._active
-        if active is None or not active.at_start or not torch.is_grad_enabled():
-            return None
+        hidden = args[0] if args else kwargs["hidden_states"]
+        if active is None or not active.at_start or not hidden.requires_grad:
+            return None  # no gradient will flow here: spare the copy
         slots = self.num_slots
         return _with_hidden(
             args, kwargs, lambda h: torch.cat([h[:, :slots].detach(), h[:, slots:]], 1)

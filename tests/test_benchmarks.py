@@ -1,38 +1,130 @@
-"""The benchmarks' quick modes run and report sane numbers."""
+"""The benchmark suite's quick mode runs end to end, its numbers are sane, and what it counts is
+what it claims to count."""
 
 import json
 import subprocess
 import sys
 from pathlib import Path
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from benchmarks import SUITE
+from benchmarks.common import Target, default_stack, features, paired_ratio, training_step
+from benchmarks.injection import plain_inputs
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_cache_throughput_quick_mode(tmp_path):
-    out = tmp_path / "results.json"
-    script = BENCHMARKS / "bench_cache_throughput.py"
+def run_module(*arguments, timeout=600):
     result = subprocess.run(
-        [sys.executable, str(script), "--quick", "--json", str(out)],
+        [sys.executable, "-m", *arguments],
+        cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=timeout,
     )
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
-    results = json.loads(out.read_text())["results"]
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-4000:]
+    return result.stdout
+
+
+@pytest.fixture(scope="module")
+def quick_suite(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    stdout = run_module("benchmarks", "--quick", "--out", str(out), timeout=900)
+    return stdout, {name: json.loads((out / f"{name}.json").read_text()) for name in SUITE}
+
+
+@pytest.mark.slow
+def test_quick_suite_writes_every_report(quick_suite):
+    stdout, reports = quick_suite
+    for name, report in reports.items():
+        assert report["settings"]["quick"] is True
+        assert report["tables"] and all(t["rows"] for t in report["tables"]), name
+        assert report["targets"] == []  # tiny models: nothing to judge
+        assert f"benchmarks.{name}" in report["command"]
+    assert stdout.count("| ") > 20  # markdown tables on the console
+
+
+@pytest.mark.slow
+def test_quick_throughput_compares_the_same_training(quick_suite):
+    results = quick_suite[1]["throughput"]["results"]
     assert sorted(results) == ["audio", "image", "video"]
     for row in results.values():
-        assert row["ratio"] > 0 and row["media_samples_per_s"] > 0
-        # the same samples and starting weights: the first step's loss is the same either way
-        assert abs(row["first_loss_media"] - row["first_loss_cache"]) < 1e-4
-    assert "| speed-up |" in result.stdout
+        assert row["epalm_way_samples_per_s"] > 0 and row["cache_samples_per_s"] > 0
+        assert row["speedup"] == pytest.approx(
+            row["cache_samples_per_s"] / row["epalm_way_samples_per_s"]
+        )
+        # same samples and weights: reading features from the cache changes no loss
+        assert row["first_loss_media"] == pytest.approx(row["first_loss_cache"], abs=1e-4)
+
+
+@pytest.mark.slow
+def test_quick_numbers_are_sane(quick_suite):
+    reports = quick_suite[1]
+    util = reports["utilization"]["results"]
+    assert util["matmul_peak_flops"] > 1e8
+    for name, row in util.items():
+        if name != "matmul_peak_flops":
+            assert row["flops"] > 0 and 0 < row["utilisation"] < 2
+    for row in reports["generation"]["results"].values():
+        if isinstance(row, dict):
+            assert row["cache_seconds"] > 0 and row["no_cache_seconds"] > 0
+    memory = reports["memory"]["results"]
+    assert 0.1 < memory["train_peak_gb"] < 8 and 0.1 < memory["serve_peak_gb"] < 8
+    assert memory["answer"]  # the served checkpoint answered through HTTP
+    frames = reports["scaling"]["results"]["frames"]
+    assert all(r["media_seconds"] > 0 and r["cache_seconds"] > 0 for r in frames.values())
+
+
+@pytest.mark.slow
+def test_paper_stack_runs_in_bf16():
+    """The GPU configuration (OPT + ViT, bf16 under autocast), shrunk, on the CPU."""
+    stdout = run_module(
+        "benchmarks.utilization", "--quick", "--stack", "paper", "--dtype", "bfloat16"
+    )
+    assert "OPT-2.7B + ViT-B/16" in stdout and "bfloat16 matmul peak" in stdout
+
+
+def test_frozen_lm_computes_no_weight_gradients():
+    """The FLOPs the utilisation benchmark divides by: with the LM frozen, a step costs well
+    under the 3x-forward of full training; unfrozen, its weight gradients show up."""
+    model = default_stack("image", quick=True)
+    texts = model.encode_targets(["blue"] * 4, questions=["what color?"] * 4)
+    inputs = {**texts, "features": {"image": features(model, "image", 4)}}
+
+    def counted(step):
+        with FlopCounterMode(display=False) as counter:
+            step(inputs)
+        return counter.get_total_flops()
+
+    frozen = counted(training_step(model))
+    model.lm.requires_grad_(True)
+    unfrozen = counted(training_step(model))
+    assert unfrozen > 1.4 * frozen
+
+
+def test_injection_compares_equal_lengths():
+    model = default_stack("image", quick=True)
+    texts = model.encode_targets(["blue"] * 2, questions=["what color?"] * 2)
+    plain = plain_inputs(model, texts)
+    prefix = model.injector.prefix_length
+    assert plain["input_ids"].shape[1] == texts["input_ids"].shape[1] + prefix
+    assert (plain["labels"][:, :prefix] == -100).all()
+    assert torch.equal(plain["input_ids"][:, prefix:], texts["input_ids"])
+
+
+def test_targets_and_paired_ratios():
+    assert Target("overhead", 4.0, 5, "%", at_most=True).met
+    assert not Target("speed-up", 2.9, 3, "x").met
+    # a slow round (noise) in both timings does not move the median of paired ratios
+    assert paired_ratio([2.0, 2.2, 9.0], [1.0, 1.1, 4.5]) == pytest.approx(2.0)
 
 
 def test_yes_no_probe_asks_each_value_once_as_yes():
-    sys.path.insert(0, str(BENCHMARKS))
-    try:
-        from probe_yes_no import questions
-    finally:
-        sys.path.remove(str(BENCHMARKS))
+    from benchmarks.probe_yes_no import questions
+
     asked = questions("teal", "circle")
     assert sorted(q for q, truth in asked if truth) == [
         "is there a circle?",
