@@ -71,7 +71,7 @@ class Table:
 
 @dataclass
 class Target:
-    """A goal from the performance issue, with the number measured against it."""
+    """A performance target, with the number measured against it."""
 
     what: str
     measured: float
