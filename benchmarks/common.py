@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch.utils.flop_counter import FlopCounterMode
 
 from epalm import EPALM
 from epalm.atomic import atomic_write_text
@@ -284,6 +285,9 @@ def cached_batch(model: EPALM, modality: str, batch: int) -> dict[str, Any]:
     return {**vqa_texts(model, batch), "features": {modality: features(model, modality, batch)}}
 
 
+Loss = Callable[[EPALM, dict[str, Any]], torch.Tensor]
+
+
 def target_loss(model: EPALM, inputs: dict[str, Any]) -> torch.Tensor:
     """epalm's loss: the LM head runs only where a target token is predicted."""
     loss, count = model.target_loss(**inputs)
@@ -291,9 +295,7 @@ def target_loss(model: EPALM, inputs: dict[str, Any]) -> torch.Tensor:
 
 
 def training_step(
-    model: EPALM,
-    loss_of: Callable[[EPALM, dict[str, Any]], torch.Tensor] = target_loss,
-    autocast: Any = None,
+    model: EPALM, loss_of: Loss = target_loss, autocast: Any = None
 ) -> Callable[[dict[str, Any]], float]:
     """One step as the trainer takes it (loss, backward, AdamW on the connector), as a
     function of the batch's model inputs returning the loss."""
@@ -310,3 +312,15 @@ def training_step(
         return loss.item()
 
     return step
+
+
+def step_cost(
+    model: EPALM, inputs: dict[str, Any], repeats: int, autocast: Any = None, device: str = "cpu"
+) -> tuple[Callable[[], float], float, int]:
+    """``(the step on inputs, its best seconds, its FLOPs)`` for one training step, the FLOPs
+    counted by ``FlopCounterMode`` after a warm-up step."""
+    step = partial(training_step(model, autocast=autocast), inputs)
+    step()
+    with FlopCounterMode(display=False) as counter:
+        step()
+    return step, seconds(step, repeats, warmup=0, device=device), counter.get_total_flops()

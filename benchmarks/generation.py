@@ -11,7 +11,7 @@ re-reads the whole sequence so far; with it, only the new token runs through the
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from benchmarks.common import (
@@ -33,14 +33,19 @@ from epalm import EPALM
 DECODINGS = {"greedy": 1, "beam 3": 3}
 
 
-def captioner(model: EPALM, batch: int, new_tokens: int, beams: int, cache: bool) -> Any:
+def captioner(model: EPALM, batch: int) -> Callable[..., Callable[[], None]]:
+    """``run(new_tokens, beams, cache)``: a function captioning ``batch`` cached images."""
     feats = {"image": features(model, "image", batch)}
     prompt = model.tokenizer([model.prompt_for(None)] * batch, return_tensors="pt", padding=True)
-    options = {"num_beams": beams, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
 
-    def run() -> None:
-        out = model.generate(**prompt, features=feats, use_cache=cache, **options)
-        assert out.shape == (batch, new_tokens), out.shape
+    def run(new_tokens: int, beams: int, cache: bool) -> Callable[[], None]:
+        options = {"num_beams": beams, "max_new_tokens": new_tokens, "min_new_tokens": new_tokens}
+
+        def generate() -> None:
+            out = model.generate(**prompt, features=feats, use_cache=cache, **options)
+            assert out.shape == (batch, new_tokens), out.shape
+
+        return generate
 
     return run
 
@@ -68,9 +73,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     report = Report(f"Generation ({results['stack']})", [table], results)
     for batch in args.batches:
+        caption = captioner(model, batch)
         for decoding, beams in DECODINGS.items():
             runs = {
-                name: captioner(model, batch, args.new_tokens, beams, name == "cache")
+                name: caption(args.new_tokens, beams, name == "cache")
                 for name in ("cache", "no cache")
             }
             t = side_by_side(runs, args.repeats)
@@ -89,8 +95,9 @@ def main(argv: Sequence[str] | None = None) -> None:
                     Target(f"KV cache, batch {batch}, {decoding}", speedup, 3, "x")
                 )
     if args.profile:
+        caption = captioner(model, args.batches[0])
         for cache in (True, False):
-            run = captioner(model, args.batches[0], args.new_tokens, 1, cache)
+            run = caption(args.new_tokens, 1, cache)
             where = f"batch {args.batches[0]}, greedy, {'with' if cache else 'without'} the cache"
             report.notes.append(f"Where the time goes, {where}:\n{profile_table(run)}")
     finish(report, args)

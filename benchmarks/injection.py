@@ -34,6 +34,7 @@ from benchmarks.common import (
     vqa_texts,
 )
 from epalm import EPALM
+from epalm.text import IGNORE_INDEX
 
 
 def plain_inputs(model: EPALM, texts: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -43,7 +44,7 @@ def plain_inputs(model: EPALM, texts: dict[str, torch.Tensor]) -> dict[str, torc
     return {
         "input_ids": torch.cat([pad, texts["input_ids"]], 1),
         "attention_mask": torch.cat([torch.ones_like(pad), texts["attention_mask"]], 1),
-        "labels": torch.cat([torch.full_like(pad, -100), texts["labels"]], 1),
+        "labels": torch.cat([torch.full_like(pad, IGNORE_INDEX), texts["labels"]], 1),
     }
 
 

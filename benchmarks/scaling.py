@@ -18,10 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from functools import partial
 from typing import Any
-
-from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import (
     Report,
@@ -33,8 +30,7 @@ from benchmarks.common import (
     media_inputs,
     parse,
     parser,
-    seconds,
-    training_step,
+    step_cost,
     vqa_texts,
 )
 from epalm import EPALM
@@ -74,15 +70,6 @@ QUICK_SIZES = {  # --quick: the same sweep, small
 TINY_LM = {**tiny_lm_config("llama", 260), "num_hidden_layers": 16}
 
 
-def timed_step(model: EPALM, inputs: dict[str, Any], repeats: int) -> tuple[float, float]:
-    """``(best seconds, FLOPs)`` of one training step on ``inputs``."""
-    step = partial(training_step(model), inputs)
-    step()
-    with FlopCounterMode(display=False) as counter:
-        step()
-    return seconds(step, repeats, warmup=0), counter.get_total_flops()
-
-
 def lm_sizes(args: Any) -> tuple[Table, dict[str, Any]]:
     table = Table(
         f"LM size (batch {args.batch}, from cached features)",
@@ -99,7 +86,7 @@ def lm_sizes(args: Any) -> tuple[Table, dict[str, Any]]:
         tokenizer = BYTE_TOKENIZER if lm_config["vocab_size"] == 260 else base.config.lm.model
         lm = LMConfig(model_config=lm_config, tokenizer=tokenizer)
         model = EPALM(replace(base.config, lm=lm, injection=InjectionConfig()))
-        secs, flops = timed_step(
+        _, secs, flops = step_cost(
             model, {**vqa_texts(model, args.batch), "features": feats}, args.repeats
         )
         params = sum(p.numel() for p in model.lm.parameters())
@@ -116,7 +103,7 @@ def levels(args: Any) -> tuple[Table, dict[str, Any]]:
     results = {}
     for count in (1, 2, 3) if args.quick else (1, 2, 3, 6, 12):
         model = default_stack("image", args.quick, connector={"levels": count})
-        secs, _ = timed_step(model, cached_batch(model, "image", args.batch), args.repeats)
+        _, secs, _ = step_cost(model, cached_batch(model, "image", args.batch), args.repeats)
         trainable = model.parameter_report().trainable
         results[str(count)] = {"trainable": trainable, "seconds": secs}
         table.add(count, f"{trainable:,}", secs, args.batch / secs)
@@ -132,10 +119,10 @@ def frames(args: Any) -> tuple[Table, dict[str, Any]]:
     for count in (2, 4) if args.quick else (4, 8, 16):
         model = default_stack("video", args.quick, perceiver={"num_frames": count})
         texts = vqa_texts(model, args.batch)
-        media, _ = timed_step(
+        _, media, _ = step_cost(
             model, {**texts, "media": media_inputs(model, "video", args.batch)}, args.repeats
         )
-        cached, _ = timed_step(model, cached_batch(model, "video", args.batch), args.repeats)
+        _, cached, _ = step_cost(model, cached_batch(model, "video", args.batch), args.repeats)
         results[str(count)] = {"media_seconds": media, "cache_seconds": cached}
         table.add(count, media, cached, f"{media / cached:.1f}x")
     return table, results

@@ -37,6 +37,7 @@ from torch.utils.data import DataLoader
 
 from benchmarks.common import (
     MODALITIES,
+    Loss,
     Report,
     Table,
     Target,
@@ -56,8 +57,6 @@ from epalm.tasks import Collator, model_inputs
 
 DATASETS = {"image": "easy-vqa", "video": "shapes-video", "audio": "sound-scenes"}
 EPALM_WAY = ["connector=ep-alm"]
-
-Loss = Callable[[EPALM, dict[str, Any]], torch.Tensor]
 
 
 def full_loss(model: EPALM, inputs: dict[str, Any]) -> torch.Tensor:

@@ -21,11 +21,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from contextlib import nullcontext
-from functools import partial
 from typing import Any
 
 import torch
-from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.common import (
     MODALITIES,
@@ -40,13 +38,13 @@ from benchmarks.common import (
     parse,
     parser,
     profile_table,
-    seconds,
-    training_step,
+    step_cost,
     vqa_texts,
 )
 from epalm import EPALM, EPALMConfig
 from epalm.config import ConnectorConfig, LMConfig, PerceiverConfig
 from epalm.model import BYTE_TOKENIZER
+from epalm.tasks.collate import to_device
 
 OPT_2_7B = {
     "model_type": "opt",
@@ -88,18 +86,6 @@ def paper_stack(quick: bool) -> EPALM:
     return EPALM(config)
 
 
-def measure(model: EPALM, inputs: dict[str, Any], args: Any, autocast: Any) -> dict[str, float]:
-    """FLOPs of one training step, its best time in seconds, and the tokens per sample."""
-    step = partial(training_step(model, autocast=autocast), inputs)
-    step()  # warm-up, outside the count
-    with FlopCounterMode(display=False) as counter:
-        step()
-    flops = counter.get_total_flops()
-    step_seconds = seconds(step, args.steps, warmup=0, device=args.device)
-    tokens = inputs["input_ids"].shape[1] + model.injector.prefix_length
-    return {"flops": flops, "seconds": step_seconds, "tokens_per_sample": tokens}
-
-
 def stacks(args: Any) -> dict[str, tuple[EPALM, dict[str, Any]]]:
     """name -> (model, one training batch) for the stacks asked for."""
     if args.stack == "paper":
@@ -115,14 +101,6 @@ def stacks(args: Any) -> dict[str, tuple[EPALM, dict[str, Any]]]:
         model = default_stack(modality, args.quick)
         out[f"default ({modality})"] = (model, cached_batch(model, modality, args.batch))
     return out
-
-
-def to_device(inputs: Any, device: str) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.to(device)
-    if isinstance(inputs, dict):
-        return {k: to_device(v, device) for k, v in inputs.items()}
-    return inputs
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -155,10 +133,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
     for name, (model, inputs) in stacks(args).items():
         inputs = to_device(inputs, args.device)
-        r = measure(model, inputs, args, autocast)
+        step, secs, flops = step_cost(model, inputs, args.steps, autocast, args.device)
         if args.profile:
-            step = partial(training_step(model, autocast=autocast), inputs)
             profiles.append(f"Where the time goes, {name}:\n{profile_table(step)}")
+        tokens = inputs["input_ids"].shape[1] + model.injector.prefix_length
+        r = {"flops": flops, "seconds": secs, "tokens_per_sample": tokens}
         r["flops_per_s"] = r["flops"] / r["seconds"]
         r["samples_per_s"] = args.batch / r["seconds"]
         r["utilisation"] = r["flops_per_s"] / peak
