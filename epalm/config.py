@@ -50,6 +50,10 @@ class ConnectorConfig:
     prompt_mlp: bool = True  # Embedding -> Linear -> Tanh -> Linear reparametrisation
     prompt_mlp_hidden: int | None = None  # defaults to the LM's width
     init_std: float = 0.02
+    # The trained parts' initialisation draws from a generator of its own with this seed, so
+    # nothing that ran before (model conversion, dataset builds) can change it; None: from
+    # torch's global generator, as any nn.Module.
+    seed: int | None = None
 
 
 @dataclass

@@ -18,7 +18,12 @@ into it are cut there (they would cross RMSNorm at zero input and overflow on de
 changes no gradient of a trained parameter.
 
 With a KV cache, only the first forward call of a generation (nothing cached yet) contains the
-prefix; later calls see only new tokens, whose keys already hold the injected slots.
+prefix; later calls see only new tokens, whose keys already hold the injected slots. Which call
+holds the prefix is read from what the call holds, not from HF's argument names (which change:
+``past_key_values`` became ``cache`` in transformers 5.24): the cache is found by its type
+among the call's arguments and measured with its own ``get_seq_length``; a call with no cache
+must be at least as long as the first call of the block. Whatever breaks these invariants
+raises, naming what it found, instead of injecting into the wrong positions.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from transformers.cache_utils import Cache
 
 # model_type -> dotted path (from the *ForCausalLM module) to its nn.ModuleList of decoder layers.
 _DECODER_LAYERS: dict[str, str] = {
@@ -110,10 +116,20 @@ def injection_schedule(
 
 
 @dataclass
+class _Call:
+    """One forward call of the LM inside ``inject``: what the hooks learn about it, in order."""
+
+    cached: int | None  # positions already in the call's KV cache; None: the call has no cache
+    length: int | None = None  # positions the call embeds (set by the embedding hook)
+    at_start: bool | None = None  # whether it holds the prefix (set by the embedding hook)
+
+
+@dataclass
 class _Active:
     slot_tokens: Sequence[torch.Tensor | None]  # per slot: [batch, levels, hidden] or None (absent)
     prompt: torch.Tensor | None  # [prompt_tokens, embed_dim]
-    at_start: bool = True  # whether the current LM call holds the prefix (nothing cached before it)
+    first_length: int | None = None  # length of the block's first call, which holds the prefix
+    call: _Call | None = None
 
 
 class Injector:
@@ -131,7 +147,8 @@ class Injector:
         layers = decoder_layers(lm)
         first = min(self.schedule, default=len(layers))
         self._handles = [
-            lm.register_forward_pre_hook(self._see_cache, with_kwargs=True),
+            lm.register_forward_pre_hook(self._start_call, with_kwargs=True),
+            lm.register_forward_hook(self._end_call),
             lm.get_input_embeddings().register_forward_hook(self._embed_prefix),
             *(
                 layers[index].register_forward_pre_hook(
@@ -175,23 +192,33 @@ class Injector:
             handle.remove()
 
     # --- hooks ------------------------------------------------------------------------------
-    def _see_cache(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
-        if self._active is None:
-            return
-        cache = kwargs.get("past_key_values")
-        past = cache.get_seq_length() if cache is not None else 0
-        if 0 < past < self.prefix_length:
-            raise RuntimeError(
-                f"cache holds {past} positions, fewer than the {self.prefix_length}-token prefix"
-            )
-        self._active.at_start = past == 0
+    def _start_call(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+        active = self._active
+        if active is not None:
+            active.call = _Call(cached=_cached_length(args, kwargs))
+
+    def _end_call(self, module: nn.Module, args: tuple, output: Any) -> None:
+        if self._active is not None:
+            self._active.call = None
 
     def _embed_prefix(
         self, module: nn.Module, args: tuple, embeds: torch.Tensor
     ) -> torch.Tensor | None:
         active = self._active
-        if active is None or not active.at_start:
+        if active is None:
             return None
+        call = active.call
+        if call is None:
+            raise RuntimeError(
+                "the LM's input embeddings ran outside a call of the LM itself while injecting; "
+                "epalm cannot tell whether this call holds the prefix"
+            )
+        call.length = embeds.shape[1]
+        call.at_start = self._holds_prefix(active, call)
+        if not call.at_start:
+            return None
+        if active.first_length is None:
+            active.first_length = call.length
         batch = embeds.shape[0]
         placeholder = embeds.new_zeros(batch, self.num_slots, embeds.shape[-1])
         parts = [placeholder]
@@ -200,13 +227,50 @@ class Injector:
         parts.append(embeds[:, self.prefix_length :])
         return torch.cat(parts, dim=1)
 
+    def _holds_prefix(self, active: _Active, call: _Call) -> bool:
+        """Whether this call starts the sequence (and so holds the prefix), checked for sense."""
+        if call.cached is None:  # no cache: every call holds the whole sequence
+            if active.first_length is not None and call.length < active.first_length:
+                raise RuntimeError(
+                    f"an LM call holds {call.length} positions, fewer than the "
+                    f"{active.first_length} of the first call, and no KV cache epalm can find "
+                    "among its arguments: the LM's cache argument may have changed in this "
+                    "transformers version"
+                )
+            at_start = True
+        elif call.cached == 0:
+            at_start = True
+        elif call.cached < self.prefix_length or active.first_length is None:
+            raise RuntimeError(
+                f"the KV cache holds {call.cached} positions before any call that held the "
+                f"{self.prefix_length}-token prefix: it was filled outside epalm's injection"
+            )
+        else:
+            at_start = False
+        if at_start and call.length < self.prefix_length:
+            raise RuntimeError(
+                f"an LM call that starts the sequence holds {call.length} positions, fewer than "
+                f"the {self.prefix_length}-token prefix (slots + soft prompt)"
+            )
+        return at_start
+
+    def _call_at_start(self, where: str) -> bool:
+        """For the layer hooks: whether the current call holds the prefix (None: not injecting)."""
+        active = self._active
+        call = active.call if active is not None else None
+        if call is None or call.at_start is None:
+            raise RuntimeError(
+                f"{where} ran before the LM's input embeddings in this call: epalm could not "
+                "build the prefix (were inputs_embeds passed instead of input_ids?)"
+            )
+        return call.at_start
+
     def _make_layer_hook(self, level: int):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-            active = self._active
-            if active is None or not active.at_start:
+            if self._active is None or not self._call_at_start(f"injection layer (level {level})"):
                 return None
-            place = partial(self._place_tokens, slot_tokens=active.slot_tokens, level=level)
-            return _with_hidden(args, kwargs, place)
+            place = partial(self._place_tokens, slot_tokens=self._active.slot_tokens, level=level)
+            return _with_hidden(args, kwargs, place, self._active.call.length)
 
         return hook
 
@@ -219,13 +283,16 @@ class Injector:
         injection layer 17). Nothing trainable lies behind the placeholder, so no gradient that
         matters changes.
         """
-        active = self._active
-        hidden = args[0] if args else kwargs["hidden_states"]
-        if active is None or not active.at_start or not hidden.requires_grad:
+        if self._active is None or not self._call_at_start("a decoder layer"):
+            return None
+        if not getattr(args[0] if args else kwargs.get("hidden_states"), "requires_grad", False):
             return None  # no gradient will flow here: spare the copy
         slots = self.num_slots
         return _with_hidden(
-            args, kwargs, lambda h: torch.cat([h[:, :slots].detach(), h[:, slots:]], 1)
+            args,
+            kwargs,
+            lambda h: torch.cat([h[:, :slots].detach(), h[:, slots:]], 1),
+            self._active.call.length,
         )
 
     def _place_tokens(
@@ -240,11 +307,33 @@ class Injector:
         return torch.cat([*slots, hidden[:, self.num_slots :]], dim=1)
 
 
-def _with_hidden(args: tuple, kwargs: dict[str, Any], change) -> tuple[tuple, dict[str, Any]]:
-    """A decoder layer pre-hook's result: its hidden states (first argument) changed."""
+def _cached_length(args: tuple, kwargs: dict[str, Any]) -> int | None:
+    """Positions held by the KV cache among a call's arguments (found by type, whatever its
+    argument name), or None when the call has no cache."""
+    caches = [v for v in (*args, *kwargs.values()) if isinstance(v, Cache)]
+    if len(caches) > 1:
+        raise RuntimeError(f"an LM call has {len(caches)} KV caches; epalm expects one")
+    return caches[0].get_seq_length() if caches else None
+
+
+def _with_hidden(
+    args: tuple, kwargs: dict[str, Any], change, length: int
+) -> tuple[tuple, dict[str, Any]]:
+    """A decoder layer pre-hook's result: its hidden states (first argument) changed.
+
+    The hidden states must span the call's ``length`` positions: anything else means the layer
+    is called in a way epalm does not know, and changing it would be silently wrong.
+    """
+    hidden = args[0] if args else kwargs.get("hidden_states")
+    if not isinstance(hidden, torch.Tensor) or hidden.ndim != 3 or hidden.shape[1] != length:
+        found = tuple(hidden.shape) if isinstance(hidden, torch.Tensor) else type(hidden).__name__
+        raise RuntimeError(
+            f"a decoder layer's first argument should be the hidden states [batch, {length}, "
+            f"hidden]; found {found}: epalm cannot find the slots to inject into"
+        )
     if args:
-        return (change(args[0]), *args[1:]), kwargs
-    return args, {**kwargs, "hidden_states": change(kwargs["hidden_states"])}
+        return (change(hidden), *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": change(hidden)}
 
 
 def _match_batch(tokens: torch.Tensor, hidden: torch.Tensor) -> torch.Tensor:

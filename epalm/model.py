@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -88,11 +90,13 @@ class EPALM(nn.Module):
                 }
             )
         self.lm.requires_grad_(False).eval()
+        self._lm_takes = _lm_arguments(self.lm)
         self._check_promises()
         for slot, perceiver in self.perceivers.items():
             _check_levels(slot, perceiver, config.connector.levels)
-        self.connectors = self._build_connectors()
-        self.prompt = self._build_prompt()
+        with _own_generator(config.connector.seed):
+            self.connectors = self._build_connectors()
+            self.prompt = self._build_prompt()
         self.injector = self._build_injector()
 
     def _check_promises(self) -> None:
@@ -276,15 +280,37 @@ class EPALM(nn.Module):
         """
         if labels is None:
             raise ValueError("target_loss needs labels")
-        targets = labels[:, 1:]
-        predicting = targets != IGNORE_INDEX  # text position t predicts token t + 1
-        keep = predicting.new_zeros(labels.shape[0], self.injector.prefix_length + labels.shape[1])
-        keep[:, self.injector.prefix_length : -1] = predicting
-        out = self._run_lm(input_ids, attention_mask, media, features, logits_to_keep=keep)
+        targets = self.predicted_labels(labels)  # position p predicts token p + 1
+        predicting = targets != IGNORE_INDEX
+        # Positions any sample predicts from, as a 1D index (the form every transformers 5
+        # release takes); each sample's own positions are picked out of their logits below.
+        keep = predicting.any(0).nonzero().squeeze(1)
+        if "logits_to_keep" in self._lm_takes:
+            out = self._run_lm(input_ids, attention_mask, media, features, logits_to_keep=keep)
+        else:  # an LM without it computes every position's logits
+            out = self._run_lm(input_ids, attention_mask, media, features)
+            out.logits = out.logits[:, : targets.shape[1]][:, keep]
+        if out.logits.shape[1] != keep.numel():
+            raise RuntimeError(
+                f"the LM returned logits for {out.logits.shape[1]} positions where epalm asked "
+                f"for {keep.numel()} through logits_to_keep: has its meaning changed?"
+            )
+        logits = out.logits[predicting[:, keep].to(out.logits.device)]
         loss = nn.functional.cross_entropy(
-            out.logits.float(), targets[predicting].to(out.logits.device), reduction="sum"
+            logits.float(), targets[predicting].to(logits.device), reduction="sum"
         )
         return loss, int(predicting.sum())
+
+    def predicted_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """The label each position of the LM's sequence ([prefix][text], minus its last
+        position) predicts: the first text token is predicted from the prefix's last position,
+        so it is trained even when neither a prompt nor a BOS token comes before it."""
+        prefix = labels.new_full((labels.shape[0], self.injector.prefix_length), IGNORE_INDEX)
+        return torch.cat([prefix, labels], 1)[:, 1:]
+
+    def target_count(self, labels: torch.Tensor) -> int:
+        """How many target tokens ``target_loss`` (and ``forward``'s loss) averages over."""
+        return int((self.predicted_labels(labels) != IGNORE_INDEX).sum())
 
     def _run_lm(
         self,
@@ -461,6 +487,34 @@ def _load_tokenizer(config: EPALMConfig) -> PreTrainedTokenizerBase:
             "the LM is built from model_config: name a tokenizer in lm.tokenizer or pass tokenizer="
         )
     return AutoTokenizer.from_pretrained(resolve(name))
+
+
+# What epalm passes to every LM call by name. The LM's forward also takes **kwargs, which would
+# swallow a renamed argument without a word, so the names are checked once, when it is loaded.
+_LM_ARGUMENTS = ("input_ids", "attention_mask", "position_ids", "labels", "use_cache")
+
+
+def _lm_arguments(lm: nn.Module) -> frozenset[str]:
+    """The named arguments of the LM's forward, insisting on the ones epalm relies on."""
+    names = frozenset(inspect.signature(lm.forward).parameters)
+    missing = [name for name in _LM_ARGUMENTS if name not in names]
+    if missing:
+        raise TypeError(
+            f"{type(lm).__name__}.forward takes no {', '.join(missing)}: epalm passes "
+            f"{', '.join(_LM_ARGUMENTS)} by name (a transformers version epalm does not know?)"
+        )
+    return names
+
+
+@contextmanager
+def _own_generator(seed: int | None) -> Iterator[None]:
+    """torch's CPU generator seeded with ``seed`` inside the block and restored after it."""
+    if seed is None:
+        yield
+        return
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        yield
 
 
 def _check_promised(what: str, promised: dict[str, int | None], actual: dict[str, int]) -> None:

@@ -115,15 +115,23 @@ def test_each_injection_layer_receives_its_scheduled_level():
     assert not torch.allclose(seen[0][:, 0], tokens[0][:, 0])  # before injection: the placeholder
 
 
+@pytest.mark.parametrize("num_beams", [1, 3])
+@pytest.mark.parametrize("bos", [True, False])
 @pytest.mark.parametrize("lm", TINY_LM_KINDS)
-def test_generation_with_and_without_cache_agree(lm):
-    model = tiny_model(lm, ["image"]).eval()
-    prompts = encode_prompts(model.tokenizer, ["Question: what? Answer:", "Hi"])
+def test_generation_with_and_without_cache_agree(lm, bos, num_beams):
+    model = tiny_model(lm, ["image"], bos=bos).eval()
+    prompts = encode_prompts(model.tokenizer, ["Question: what? Answer:", ""])
     media = media_batch(model, ["image"], size=2)
-    cached = model.generate(**prompts, media=media, max_new_tokens=8, use_cache=True)
-    uncached = model.generate(**prompts, media=media, max_new_tokens=8, use_cache=False)
-    assert cached.shape == (2, 8)
-    assert torch.equal(cached, uncached)
+    options = dict(media=media, max_new_tokens=8, num_beams=num_beams, output_scores=True)
+    options["return_dict_in_generate"] = True
+    cached = model.generate(**prompts, **options, use_cache=True)
+    uncached = model.generate(**prompts, **options, use_cache=False)
+    assert cached.sequences.shape == (2, 8)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    # the scores of every step, not only the chosen tokens: a random LM repeats itself, so
+    # equal tokens alone could hide a cache path that lost the perception
+    for with_cache, without in zip(cached.scores, uncached.scores, strict=True):
+        torch.testing.assert_close(with_cache, without, rtol=1e-4, atol=1e-4)
 
 
 def test_left_padded_batch_generates_what_each_sample_does_alone():
@@ -260,13 +268,15 @@ def test_cutting_gradients_into_the_placeholder_changes_no_trained_gradient(monk
         torch.testing.assert_close(grad, without_cut[name], rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.parametrize("bos", [True, False])
 @pytest.mark.parametrize("lm", TINY_LM_KINDS)
-def test_target_loss_is_the_forward_loss_with_the_lm_head_at_targets_only(lm):
-    model = tiny_model(lm)
+def test_target_loss_is_the_forward_loss_with_the_lm_head_at_targets_only(lm, bos):
+    model = tiny_model(lm, bos=bos)
     batch = training_batch(model)
     media = media_batch(model, ["image"], 2)
     summed, count = model.target_loss(**batch, media=media)
-    assert count == int((batch["labels"][:, 1:] != -100).sum())
+    assert count == int((batch["labels"] != -100).sum())  # every target token, the first too
+    assert count == model.target_count(batch["labels"])
     torch.testing.assert_close(summed / count, model(**batch, media=media).loss)
 
     summed.backward()
@@ -278,4 +288,28 @@ def test_target_loss_is_the_forward_loss_with_the_lm_head_at_targets_only(lm):
     handle = head.register_forward_hook(lambda _m, args, _out: rows.append(args[0].shape[-2]))
     model.target_loss(**batch, media=media)
     handle.remove()
-    assert rows[-1] == count  # one row per target token, not per position
+    predicting = model.predicted_labels(batch["labels"]) != -100
+    assert rows[-1] == int(predicting.any(0).sum())  # positions that predict a target only
+    assert rows[-1] < predicting.shape[1]
+
+
+@pytest.mark.parametrize("prompt_tokens", [0, 3])
+def test_the_first_caption_token_is_trained_without_bos_or_prompt(prompt_tokens):
+    """A caption with no text prompt and no BOS: its first token is predicted from the prefix's
+    last position (a slot or the soft prompt), and both losses count it."""
+    model = tiny_model("llama", bos=False, prompt_tokens=prompt_tokens)
+    batch = model.encode_targets(["a red square"])
+    assert batch["labels"][0, 0] != -100  # nothing before the caption in the text
+    media = media_batch(model, ["image"], 1)
+    summed, count = model.target_loss(**batch, media=media)
+    assert count == len("a red square") + 1  # byte tokens + eos
+    torch.testing.assert_close(summed / count, model(**batch, media=media).loss)
+
+    # the logit of the first token moves with the perception, so the connector learns to start it
+    def first_token_logit(features):
+        logits = model._run_lm(batch["input_ids"], None, None, {"image": features}).logits
+        return logits[0, model.injector.prefix_length - 1, batch["input_ids"][0, 0]]
+
+    with torch.no_grad():
+        features = model.perceivers["image"](**media["image"])
+        assert not torch.allclose(first_token_logit(features), first_token_logit(features * 3))

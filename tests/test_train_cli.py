@@ -117,6 +117,12 @@ def test_train_writes_a_model_that_eval_and_predict_load(tmp_path, modality, cap
     assert list((run / "tensorboard").rglob("events.out.tfevents.*"))
     scores = json.loads((run / "eval" / "test" / "scores.json").read_text())
     assert {"seen", "blind"} <= set(scores)
+    # 3 steps of a random tiny LM: a run that cannot be a result, and says so where it ends
+    key = "vqa_accuracy" if task == "vqa" else "CIDEr"
+    seen, blind = (scores[m]["metrics"][key] for m in ("seen", "blind"))
+    broken = scores["seen"]["generations"]["degenerate"] >= 0.25
+    assert bool(scores["warnings"]) == (seen <= blind or broken)
+    assert ("NOT A RESULT" in (run / "train.log").read_text()) == bool(scores["warnings"])
     model = EPALM.from_pretrained(run / "final")
     assert model.parameter_report().trainable > 0
     assert model.config.text.task == task  # recorded: the demo proposes it first
@@ -175,6 +181,44 @@ def test_resume_after_sigkill_ends_bit_identical(tmp_path):
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert history(tmp_path / "a" / "run") == history(tmp_path / "b" / "run")
+
+
+# --- the same seed, the same model ---------------------------------------------------------------
+def _final_weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "final" / "model.safetensors")
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    first, second = _final_weights(a), _final_weights(b)
+    assert first.keys() == second.keys()
+    assert all(torch.equal(first[k], second[k]) for k in first)
+    assert history(a) == history(b)
+
+
+@pytest.mark.slow
+def test_a_warm_cache_trains_the_model_a_cold_one_does(tmp_path):
+    """The first run on a new machine (models converted, datasets built, features cached) and
+    every later run with the same seed train bit-identical models. The real offline image
+    encoder, whose conversion on a cold start builds a randomly initialised model first."""
+    steps = ["train.max_steps=12", "train.eval_every=100", "eval.blind=false"]
+    cold = [a for a in tiny(tmp_path, "image", "vqa", *steps) if not a.startswith("encoder=")]
+    assert run_cli(["train", *cold]).wait(timeout=600) == 0
+    warm = [a if not a.startswith("run_dir=") else f"run_dir={tmp_path / 'warm'}" for a in cold]
+    assert run_cli(["train", *warm]).wait(timeout=600) == 0
+    _assert_same_run(tmp_path / "run", tmp_path / "warm")
+
+
+@pytest.mark.slow
+def test_the_number_of_dataloader_workers_changes_nothing(tmp_path):
+    steps = ["train.max_steps=6", "train.eval_every=100", "eval.blind=false"]
+    steps += ["train.features=media", "train.augment=true"]  # workers decode and augment
+    runs = {}
+    for workers in (1, 2):
+        args = tiny(tmp_path / str(workers), "image", "vqa", *steps)
+        args = [a for a in args if not a.startswith("train.num_workers=")]
+        assert run_cli(["train", *args, f"train.num_workers={workers}"]).wait(timeout=600) == 0
+        runs[workers] = tmp_path / str(workers) / "run"
+    _assert_same_run(runs[1], runs[2])
 
 
 # --- two processes -----------------------------------------------------------------------------

@@ -135,3 +135,39 @@ def test_vqa_predictions_file(tmp_path):
         {"question_id": "q7", "answer": "2"},
     ]
     assert [p.name for p in tmp_path.iterdir()] == ["answers.json"]  # no temporary left
+
+
+# --- the two versions of the official code ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("prediction", "answers", "v2017", "v2021"),
+    [
+        # unanimous annotators: 2017 normalises the prediction only, 2021 compares as written
+        ("one", ["one"] * 10, 0.0, 1.0),
+        ("1", ["one"] * 10, 0.0, 0.0),
+        ("a dog", ["a dog"] * 10, 0.0, 1.0),
+        ("dog", ["a dog"] * 10, 0.0, 0.0),
+        ("dog", ["dog"] * 10, 1.0, 1.0),
+        ("Dog", ["dog"] * 10, 1.0, 0.0),  # 2021 as written: no lower-casing when unanimous
+        ("  dog\n", ["dog"] * 10, 1.0, 1.0),  # both trim
+        # annotators disagree: 2021 normalises both sides in full, 2017 the annotators' marks only
+        ("one", ["one"] * 4 + ["two"] * 6, 0.0, 1.0),
+        ("1", ["one"] * 4 + ["two"] * 6, 0.0, 1.0),
+        ("a dog", ["the dog"] * 4 + ["cat"] * 6, 0.0, 1.0),
+        ("isnt", ["isn't"] * 3 + ["no"] * 7, 0.9, 0.9),  # a contraction: fixed on both sides
+        ("dog", ["dog."] * 3 + ["cat"] * 7, 0.9, 0.9),
+        ("dog!", ["dog"] * 3 + ["cat"] * 7, 0.9, 0.9),
+    ],
+)
+def test_the_2017_and_2021_official_codes(prediction, answers, v2017, v2021):
+    assert vqa_accuracy(prediction, answers) == pytest.approx(v2017)  # the default
+    assert vqa_accuracy(prediction, answers, "2017") == pytest.approx(v2017)
+    assert vqa_accuracy(prediction, answers, "2021") == pytest.approx(v2021)
+
+
+def test_the_version_is_named_in_the_scores():
+    samples = [qa("q1", ["one"] * 10)]
+    assert vqa_scores({"q1": "one"}, samples)["vqa_eval"] == "2017"
+    scores = vqa_scores({"q1": "one"}, samples, "2021")
+    assert scores["vqa_eval"] == "2021" and scores["metrics"]["vqa_accuracy"] == 1.0
+    with pytest.raises(ValueError, match="unknown VQA evaluation"):
+        vqa_accuracy("one", ["one"] * 10, "2019")

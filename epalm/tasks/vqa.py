@@ -1,13 +1,19 @@
 """VQA: the official answer normalisation, training targets, accuracy and exact match.
 
 The rules are those of the official VQA evaluation (GT-Vision-Lab/VQA, ``vqaEval.py``), quirks
-included, so local numbers agree with the evaluation server's:
+included, so local numbers agree with the evaluation server's. Its code exists in two versions,
+and ``vqa_accuracy(..., version=...)`` offers both:
 
-* a prediction is normalised in full: newlines and tabs become spaces, then punctuation, then
-  number words, articles and contractions (``normalize_answer``);
-* the annotators' answers only go through the punctuation step, and only when they disagree
+* ``"2017"`` (the VQA v2.0 code of 2016-2021, which published numbers, eP-ALM's included, were
+  computed with; the default): a prediction is normalised in full (newlines and tabs become
+  spaces, then punctuation, then number words, articles and contractions: ``normalize_answer``);
+  the annotators' answers only go through the punctuation step, and only when they disagree
   (the official annotation files are already normalised);
-* accuracy averages, over every annotator left out in turn, ``min(#others matching / 3, 1)``.
+* ``"2021"`` (the repository's current code, "Fixed processing answers bug", March 2021): when
+  the annotators disagree, both sides are normalised in full; when they agree, both are
+  compared as written (only trimmed).
+
+Either way accuracy averages, over every annotator left out in turn, ``min(#others matching / 3, 1)``.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ _NUMBERS = dict(
     six="6", seven="7", eight="8", nine="9", ten="10",
 )  # fmt: skip
 _ARTICLES = frozenset({"a", "an", "the"})
+VQA_EVAL_VERSIONS = ("2017", "2021")
 # The official table as "written:fixed" pairs. Its entries that can never fire are left out
 # (capitalised keys, as words are lower-cased first; identities such as "let's"); its one
 # backwards entry, "somebody'd" -> "somebodyd", is kept, since it changes results.
@@ -87,10 +94,13 @@ def process_digit_article(text: str) -> str:
     return " ".join(_CONTRACTIONS.get(w, w) for w in words if w not in _ARTICLES)
 
 
+def _trim(text: str) -> str:
+    return text.replace("\n", " ").replace("\t", " ").strip()
+
+
 def normalize_answer(text: str) -> str:
     """An answer as the official evaluation normalises a prediction."""
-    text = text.replace("\n", " ").replace("\t", " ").strip()
-    return process_digit_article(process_punctuation(text))
+    return process_digit_article(process_punctuation(_trim(text)))
 
 
 def majority_answer(answers: Sequence[str]) -> str:
@@ -101,18 +111,27 @@ def majority_answer(answers: Sequence[str]) -> str:
     return max(counts, key=counts.__getitem__)  # max keeps the first of equals
 
 
-def vqa_accuracy(prediction: str, answers: Sequence[str]) -> float:
-    """The official VQA accuracy of one prediction against every annotator's answer.
+def vqa_accuracy(prediction: str, answers: Sequence[str], version: str = "2017") -> float:
+    """The official VQA accuracy of one prediction against every annotator's answer, by the
+    official code of ``version`` (``VQA_EVAL_VERSIONS``; see the module's docstring).
 
     Averaged over leaving each annotator out: ``min(#other annotators matching / 3, 1)``, with
     however many answers there are (with two or three, even a unanimous match stays below 1,
     as the official formula gives). A single answer leaves no one to compare with once left
     out, so it scores as ``exact_match`` instead of always 0.
     """
+    if version not in VQA_EVAL_VERSIONS:
+        raise ValueError(f"unknown VQA evaluation {version!r}; choose from {VQA_EVAL_VERSIONS}")
     if len(answers) < 2:
         return exact_match(prediction, answers)
-    predicted = normalize_answer(prediction)
-    truth = [process_punctuation(a) for a in answers] if len(set(answers)) > 1 else answers
+    if version == "2017":
+        predicted = normalize_answer(prediction)
+        truth = [process_punctuation(a) for a in answers] if len(set(answers)) > 1 else answers
+    else:
+        predicted, truth = _trim(prediction), [_trim(a) for a in answers]
+        if len(set(truth)) > 1:
+            predicted = process_digit_article(process_punctuation(predicted))
+            truth = [process_digit_article(process_punctuation(a)) for a in truth]
     matches = [a == predicted for a in truth]
     total = sum(matches)
     return sum(min((total - m) / 3, 1.0) for m in matches) / len(matches)
@@ -133,8 +152,11 @@ def clean_answer(text: str) -> str:
     return _ANSWER_END.split(first_line, 1)[0].strip().lower()
 
 
-def vqa_scores(predictions: Mapping[str, str], samples: Iterable[Sample]) -> dict[str, Any]:
-    """Mean VQA accuracy and exact match over ``samples`` (QA samples), by sample id.
+def vqa_scores(
+    predictions: Mapping[str, str], samples: Iterable[Sample], version: str = "2017"
+) -> dict[str, Any]:
+    """Mean VQA accuracy (the official code of ``version``) and exact match over ``samples``
+    (QA samples), by sample id.
 
     A sample without a prediction scores 0 and is counted in ``missing``, so a skipped sample
     can never raise the score.
@@ -148,7 +170,7 @@ def vqa_scores(predictions: Mapping[str, str], samples: Iterable[Sample]) -> dic
         if s.answers is None:
             raise ValueError(f"sample {s.id!r} is a caption sample, not a question")
         if s.id in predictions:
-            accuracy += vqa_accuracy(predictions[s.id], s.answers)
+            accuracy += vqa_accuracy(predictions[s.id], s.answers, version)
             exact += exact_match(predictions[s.id], s.answers)
     notes = []
     if missing:
@@ -156,6 +178,7 @@ def vqa_scores(predictions: Mapping[str, str], samples: Iterable[Sample]) -> dic
         log.warning(notes[-1])
     return {
         "metrics": {"vqa_accuracy": accuracy / len(samples), "exact_match": exact / len(samples)},
+        "vqa_eval": version,
         "count": len(samples),
         "missing": len(missing),
         "notes": notes,

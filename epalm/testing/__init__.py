@@ -39,16 +39,18 @@ _TINY_LMS: dict[str, dict[str, Any]] = {
 TINY_LM_KINDS = tuple(_TINY_LMS)
 
 
-def tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A byte-level tokenizer (256 byte tokens + 4 specials) that prepends ``<s>``."""
+def tiny_tokenizer(bos: bool = True) -> PreTrainedTokenizerFast:
+    """A byte-level tokenizer (256 byte tokens + 4 specials) that prepends ``<s>``, or adds
+    nothing with ``bos=False`` (as SmolLM2's, GPT-2's and Qwen's tokenizers do)."""
     byte_tokens = list(pre_tokenizers.ByteLevel.alphabet())
     vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + sorted(byte_tokens))}
     backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     backend.decoder = decoders.ByteLevel()
-    backend.post_processor = processors.TemplateProcessing(
-        single="<s> $A", special_tokens=[("<s>", 1)]
-    )
+    if bos:
+        backend.post_processor = processors.TemplateProcessing(
+            single="<s> $A", special_tokens=[("<s>", 1)]
+        )
     return PreTrainedTokenizerFast(
         tokenizer_object=backend,
         pad_token="<pad>",
@@ -97,7 +99,8 @@ def tiny_config(
 
 
 def tiny_model(
-    lm: str = "llama", modalities: Sequence[str] = ("image",), **connector: Any
+    lm: str = "llama", modalities: Sequence[str] = ("image",), bos: bool = True, **connector: Any
 ) -> EPALM:
-    """A tiny randomly initialised EPALM, tokenizer included; ``connector`` overrides its settings."""
-    return EPALM(tiny_config(lm, modalities, **connector), tokenizer=tiny_tokenizer())
+    """A tiny randomly initialised EPALM, tokenizer included (``bos``: whether it prepends
+    ``<s>``); ``connector`` overrides its settings."""
+    return EPALM(tiny_config(lm, modalities, **connector), tokenizer=tiny_tokenizer(bos))

@@ -19,6 +19,7 @@ from epalm.tasks.cococaption import caption_scores
 from epalm.tasks.collate import Collator, is_empty, model_inputs, to_device
 from epalm.tasks.vqa import clean_answer, vqa_scores
 from epalm.training.data import batches, subset
+from epalm.training.sanity import generation_health, sanity_warnings
 from epalm.training.settings import GenerationSettings, RunSettings
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,14 @@ def predict_samples(
     return predictions
 
 
-def score(task: str, predictions: Mapping[str, str], samples: Sequence[Sample]) -> dict[str, Any]:
-    """The task's metrics: VQA accuracy (+ per question type where samples have one), or the
-    COCO caption metrics."""
+def score(
+    task: str, predictions: Mapping[str, str], samples: Sequence[Sample], vqa_eval: str = "2017"
+) -> dict[str, Any]:
+    """The task's metrics: VQA accuracy by the official code of ``vqa_eval`` (+ per question
+    type where samples have one), or the COCO caption metrics."""
     if task == "vqa":
-        scores = vqa_scores(predictions, samples)
-        by_type = _by_question_type(predictions, samples)
+        scores = vqa_scores(predictions, samples, vqa_eval)
+        by_type = _by_question_type(predictions, samples, vqa_eval)
         if by_type:
             scores["by_question_type"] = by_type
         return scores
@@ -104,9 +107,14 @@ def evaluate(
             num_workers=num_workers,
             desc=f"evaluating ({mode})",
         )
-        report[mode] = score(task, predictions, chosen)
+        report[mode] = score(task, predictions, chosen, settings.task.vqa_eval)
+        report[mode]["generations"] = generation_health(predictions)
         if out_dir is not None:
             _write_json(Path(out_dir) / f"predictions-{mode}.json", predictions)
+    numbers = headline(task, report)
+    report["warnings"] = sanity_warnings(
+        numbers["seen"], numbers.get("blind"), report["seen"]["generations"]
+    )
     if out_dir is not None:
         _write_json(Path(out_dir) / "scores.json", report)
     return report
@@ -118,17 +126,39 @@ def headline(task: str, report: Mapping[str, Any]) -> dict[str, float]:
     return {mode: report[mode]["metrics"][key] for mode in ("seen", "blind") if mode in report}
 
 
+def summary_line(settings: RunSettings, report: Mapping[str, Any]) -> str:
+    """The run's result in one line; a loud one when the result is no result (``warnings``)."""
+    numbers = headline(settings.task.name, report)
+    metric = "CIDEr"
+    if settings.task.name == "vqa":
+        metric = f"VQA accuracy ({settings.task.vqa_eval} official code)"
+    parts = [f"{settings.eval.split} {metric}: {numbers['seen']:.4f}"]
+    if "blind" in numbers:
+        parts.append(f"blind {numbers['blind']:.4f}")
+    line = f"{', '.join(parts)} ({report['count']} samples)"
+    if report.get("warnings"):
+        line += " -- WARNING, NOT A RESULT: " + "; ".join(report["warnings"])
+    return line
+
+
+def log_summary(settings: RunSettings, report: Mapping[str, Any]) -> str:
+    """Log the summary line (as a warning when the result is no result) and return it."""
+    line = summary_line(settings, report)
+    log.log(logging.WARNING if report.get("warnings") else logging.INFO, "%s", line)
+    return line
+
+
 def _by_question_type(
-    predictions: Mapping[str, str], samples: Sequence[Sample]
+    predictions: Mapping[str, str], samples: Sequence[Sample], vqa_eval: str
 ) -> dict[str, float]:
     groups: dict[str, list[Sample]] = {}
     for s in samples:
         if "question_type" in s.extra:
             groups.setdefault(s.extra["question_type"], []).append(s)
     return {
-        kind: vqa_scores({s.id: predictions[s.id] for s in group if s.id in predictions}, group)[
-            "metrics"
-        ]["vqa_accuracy"]
+        kind: vqa_scores(
+            {s.id: predictions[s.id] for s in group if s.id in predictions}, group, vqa_eval
+        )["metrics"]["vqa_accuracy"]
         for kind, group in sorted(groups.items())
     }
 

@@ -27,8 +27,8 @@ def evaluate(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, Any]:
     """Score the saved model on ``eval.split`` (and blind); writes ``<run_dir>/eval/<split>``."""
     from epalm.training.data import eval_samples, sample_dataset
     from epalm.training.evaluate import evaluate as run_evaluation
+    from epalm.training.evaluate import log_summary
     from epalm.training.features import features_for
-    from epalm.training.trainer import summary_line
 
     accelerator = _accelerator(settings)
     out_dir = Path(settings.run_dir) / "eval" / settings.eval.split
@@ -47,8 +47,7 @@ def evaluate(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, Any]:
         out_dir=out_dir,
         num_workers=0 if features is not None else settings.train.num_workers,
     )
-    log.info("%s", summary_line(settings, report))
-    print(summary_line(settings, report))
+    print(log_summary(settings, report))
     return report
 
 

@@ -19,6 +19,7 @@ from epalm.config import (
     PerceiverConfig,
     TextConfig,
 )
+from epalm.tasks.vqa import VQA_EVAL_VERSIONS
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 FEATURES = ("auto", "cache", "media")
@@ -51,6 +52,8 @@ class TaskSettings:
     metric: str  # the validation metric that picks the best checkpoint
     prompt: str = ""  # caption prompt, or the VQA template around {question}
     loss_on_prompt: bool = False
+    # VQA accuracy by the official code of 2017 (published numbers) or its 2021 fix
+    vqa_eval: str = "2017"
 
 
 @dataclass
@@ -140,7 +143,11 @@ class RunSettings:
         return EPALMConfig(
             lm=self.lm,
             perceivers={self.modality: self.encoder},
-            connector=self.connector,
+            # the run's seed, unless the connector has one of its own
+            connector=dataclasses.replace(
+                self.connector,
+                seed=self.seed if self.connector.seed is None else self.connector.seed,
+            ),
             injection=self.injection,
             text=TextConfig(
                 caption_prompt=self.task.prompt if self.task.name == "caption" else "",
@@ -212,6 +219,8 @@ def _check(s: RunSettings) -> None:
     _one_of("train.mixed_precision", s.train.mixed_precision, MIXED_PRECISION)
     _one_of("train.features", s.train.features, FEATURES)
     _one_of("task.name", s.task.name, TASKS)
+    s.task.vqa_eval = str(s.task.vqa_eval)  # task.vqa_eval=2021 on the command line is a number
+    _one_of("task.vqa_eval", s.task.vqa_eval, VQA_EVAL_VERSIONS)
     _one_of("resume", s.resume, ("auto", "never"))
     _one_of("data.on_bad_sample", s.data.on_bad_sample, ("skip", "error"))
     if s.encoder.num_levels and s.connector.levels > s.encoder.num_levels:

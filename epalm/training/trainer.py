@@ -19,7 +19,6 @@ from tqdm.auto import tqdm
 from epalm.data.manifest import Sample
 from epalm.model import EPALM
 from epalm.tasks.collate import Collator, is_empty, model_inputs, to_device
-from epalm.text import IGNORE_INDEX
 from epalm.training import checkpoint as ckpt
 from epalm.training.data import (
     Positioned,
@@ -31,7 +30,7 @@ from epalm.training.data import (
     sample_dataset,
     subset,
 )
-from epalm.training.evaluate import evaluate, headline, predict_samples, score
+from epalm.training.evaluate import evaluate, headline, log_summary, predict_samples, score
 from epalm.training.features import features_for
 from epalm.training.optim import cosine_schedule, optimizer_for
 from epalm.training.settings import RunSettings
@@ -200,7 +199,7 @@ class Trainer:
             if is_empty(batch):
                 log.warning("step %d: every sample of a micro-batch was bad; skipped", step)
         parts = [b for b in parts if not is_empty(b)]
-        tokens = self._sum_over_processes(sum(_target_tokens(b) for b in parts))
+        tokens = self._sum_over_processes(sum(self.model.target_count(b["labels"]) for b in parts))
         total = 0.0
         for i, batch in enumerate(parts):
             sync = i == len(parts) - 1
@@ -249,7 +248,7 @@ class Trainer:
                 batch_size=s.eval.batch_size,
                 desc="validating",
             )
-            metrics = score(s.task.name, predictions, self.val_samples)["metrics"]
+            metrics = score(s.task.name, predictions, self.val_samples, s.task.vqa_eval)["metrics"]
             value = metrics[s.task.metric]
             log.info("step %d  val %s %.4f", state["step"], s.task.metric, value)
             acc.log({f"val/{k}": v for k, v in metrics.items()}, state["step"])
@@ -284,7 +283,7 @@ class Trainer:
                 s,
                 out_dir=self.run_dir / "eval" / s.eval.split,
             )
-            log.info("%s", summary_line(s, report))
+            log_summary(s, report)
             acc.log(
                 {f"{s.eval.split}/{k}": v for k, v in headline(s.task.name, report).items()},
                 state["step"],
@@ -292,19 +291,6 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         return final
-
-
-def _target_tokens(batch: dict[str, Any]) -> int:
-    return int((batch["labels"][:, 1:] != IGNORE_INDEX).sum())
-
-
-def summary_line(s: RunSettings, report: dict[str, Any]) -> str:
-    numbers = headline(s.task.name, report)
-    metric = "VQA accuracy" if s.task.name == "vqa" else "CIDEr"
-    parts = [f"{s.eval.split} {metric}: {numbers['seen']:.4f}"]
-    if "blind" in numbers:
-        parts.append(f"blind {numbers['blind']:.4f}")
-    return f"{', '.join(parts)} ({report['count']} samples)"
 
 
 def _broadcast(acc: Any, values: list[Any]) -> list[Any]:
