@@ -4,7 +4,8 @@
 
 Each job runs `epalm train modality=M task=T` in a fresh process with its own empty
 ``EPALM_CACHE``, so its wall time includes fetching and converting the offline models, building
-the dataset and filling the feature cache. Prints a markdown table and writes
+the dataset and filling the feature cache; its peak memory is the training process's own
+maximum resident set. Prints a markdown table and writes
 ``<out>/main_jobs.json``; the run directories are ``<out>/<modality>-<task>``.
 """
 
@@ -29,8 +30,11 @@ def run_job(job: str, out: Path) -> dict:
     command = ["epalm", "train", f"modality={modality}", f"task={task}", f"run_dir={run_dir}"]
     start = time.perf_counter()
     with open(out / f"{job}.log", "w") as log:
-        code = subprocess.run(command, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
+        _, status, usage = os.wait4(process.pid, 0)  # this job's own peak memory
+        process.returncode = code = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
+    peak_gb = usage.ru_maxrss * 1024 / 1e9  # Linux reports kilobytes
     if code != 0:
         return {"job": job, "error": f"exit {code}, see {out / f'{job}.log'}", "seconds": seconds}
     scores = json.loads((run_dir / "eval" / "test" / "scores.json").read_text())
@@ -43,7 +47,9 @@ def run_job(job: str, out: Path) -> dict:
         "blind": scores["blind"]["metrics"][key],
         "test_samples": scores["count"],
         "seconds": seconds,
+        "peak_gb": peak_gb,
         "trainable": _trainable(run_dir / "train.log"),
+        "warnings": scores.get("warnings", []),
     }
 
 
@@ -56,20 +62,22 @@ def _trainable(log: Path) -> str:
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| job | test metric | score | blind | wall time (from empty cache) | trainable |",
-        "|---|---|---|---|---|---|",
+        "| job | test metric | score | blind | wall time (from empty cache) | peak memory "
+        "| trainable |",
+        "|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| `{r['job']}` | failed: {r['error']} | | | | |")
+            lines.append(f"| `{r['job']}` | failed: {r['error']} | | | | | |")
             continue
         scale = 100 if r["metric"] == "VQA accuracy" else 1
         lines.append(
             f"| `{r['command']}` | {r['metric']} ({r['test_samples']} samples) | "
             f"{scale * r['score']:.{1 if scale == 100 else 3}f} | "
             f"{scale * r['blind']:.{1 if scale == 100 else 3}f} | "
-            f"{r['seconds'] / 60:.1f} min | {r['trainable']} |"
+            f"{r['seconds'] / 60:.1f} min | {r['peak_gb']:.2f} GB | {r['trainable']} |"
         )
+    lines += [f"\n`{r['job']}`: WARNING, {w}" for r in rows for w in r.get("warnings", [])]
     return "\n".join(lines)
 
 

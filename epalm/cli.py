@@ -155,6 +155,7 @@ def _job(command: str, overrides: list[str]) -> int:
     from epalm.data.feature_cache import NotCachedError
     from epalm.data.manifest import ManifestError
     from epalm.data.media import MediaError
+    from epalm.errors import MissingFileError
     from epalm.training import jobs
     from epalm.training.compose import ComposeError, help_text, settings
     from epalm.training.settings import SettingsError
@@ -164,7 +165,7 @@ def _job(command: str, overrides: list[str]) -> int:
     clear_failures = (
         ComposeError,
         SettingsError,
-        FileNotFoundError,
+        MissingFileError,
         ManifestError,
         BadSampleError,
         MediaError,

@@ -23,6 +23,7 @@ from epalm.config import EPALMConfig
 from epalm.connector import LevelProjection, SoftPrompt
 from epalm.encoders.base import Perceiver
 from epalm.encoders.registry import build_perceiver
+from epalm.errors import MissingFileError
 from epalm.injection import Injector, decoder_layers, injection_schedule
 from epalm.text import IGNORE_INDEX, encode_prompts, encode_training, prepare_tokenizer
 from epalm.zoo import load_model, resolve
@@ -90,8 +91,8 @@ class EPALM(nn.Module):
                 }
             )
         self.lm.requires_grad_(False).eval()
-        self._lm_takes = _lm_arguments(self.lm)
         self._check_promises()
+        self._lm_takes = _lm_arguments(self.lm)
         for slot, perceiver in self.perceivers.items():
             _check_levels(slot, perceiver, config.connector.levels)
         with _own_generator(config.connector.seed):
@@ -151,6 +152,14 @@ class EPALM(nn.Module):
 
     def train(self, mode: bool = True) -> EPALM:
         """Only the connector and prompt switch modes; frozen parts always stay in eval."""
+        if mode and getattr(self.lm, "is_gradient_checkpointing", False):
+            # HF checkpoints only modules in training mode, and its recomputation in the
+            # backward pass would run outside the injection: both would be silently wrong
+            raise ValueError(
+                "gradient checkpointing of the frozen LM is not supported: epalm keeps the LM in "
+                "eval mode and injects through hooks that its recomputation would miss; call "
+                "model.lm.gradient_checkpointing_disable()"
+            )
         super().train(mode)
         self.lm.eval()
         self.perceivers.eval()
@@ -325,8 +334,10 @@ class EPALM(nn.Module):
         # Positions as HF's generate derives them, so training and generation agree.
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         lm_kwargs.setdefault("use_cache", False)
+        if "position_ids" in self._lm_takes:
+            lm_kwargs["position_ids"] = positions
         with self.injector.inject(tokens, self._soft_prompt()):
-            return self.lm(input_ids=ids, attention_mask=mask, position_ids=positions, **lm_kwargs)
+            return self.lm(input_ids=ids, attention_mask=mask, **lm_kwargs)
 
     @torch.no_grad()
     def generate(
@@ -452,7 +463,7 @@ class EPALM(nn.Module):
         directory = Path(directory)
         for required in (CONFIG_NAME, WEIGHTS_NAME):
             if not (directory / required).is_file():
-                raise FileNotFoundError(
+                raise MissingFileError(
                     f"{directory} is not an epalm checkpoint: {required} is missing"
                 )
         return EPALMConfig.load(directory / CONFIG_NAME)
@@ -492,12 +503,17 @@ def _load_tokenizer(config: EPALMConfig) -> PreTrainedTokenizerBase:
 # What epalm passes to every LM call by name. The LM's forward also takes **kwargs, which would
 # swallow a renamed argument without a word, so the names are checked once, when it is loaded.
 _LM_ARGUMENTS = ("input_ids", "attention_mask", "position_ids", "labels", "use_cache")
+# LMs whose positions come from ALiBi, not position ids
+_NO_POSITION_IDS = frozenset({"bloom", "mpt"})
 
 
 def _lm_arguments(lm: nn.Module) -> frozenset[str]:
     """The named arguments of the LM's forward, insisting on the ones epalm relies on."""
     names = frozenset(inspect.signature(lm.forward).parameters)
-    missing = [name for name in _LM_ARGUMENTS if name not in names]
+    needed = _LM_ARGUMENTS
+    if lm.config.model_type in _NO_POSITION_IDS:
+        needed = tuple(n for n in needed if n != "position_ids")
+    missing = [name for name in needed if name not in names]
     if missing:
         raise TypeError(
             f"{type(lm).__name__}.forward takes no {', '.join(missing)}: epalm passes "

@@ -303,6 +303,26 @@ def test_real_length_restores_the_encoder_even_on_error():
             encoder(torch.zeros(1, 80, 200))
 
 
+def test_whisper_serves_clips_of_different_lengths_from_many_threads_at_once():
+    """The demo serves one model from several threads; real_length changes the shared encoder
+    while it runs, so concurrent clips of other lengths must not see each other's change."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    perceiver = build("whisper").eval()
+    clips = [
+        perceiver.preprocess(np.zeros(16_000 * seconds, np.float32) + 0.01 * seconds)[
+            "input_features"
+        ][None]
+        for seconds in (1, 2, 3, 4)
+    ] * 4
+    with torch.no_grad():
+        alone = [perceiver(input_features=c) for c in clips]
+        with ThreadPoolExecutor(8) as pool:
+            together = list(pool.map(lambda c: perceiver(input_features=c), clips))
+    for a, b in zip(alone, together, strict=True):
+        torch.testing.assert_close(a, b)
+
+
 def test_whisper_lengths_are_even_and_capped():
     perceiver = build("whisper", max_seconds=2.0)
     assert perceiver.preprocess(np.zeros(8_161, np.float32))["input_features"].shape[-1] == 52

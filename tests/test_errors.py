@@ -77,3 +77,30 @@ def test_media_for_a_slot_the_model_lacks():
 def test_not_a_checkpoint(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"config\.json is missing"):
         EPALM.from_pretrained(tmp_path)
+
+
+def test_gradient_checkpointing_of_the_frozen_lm_is_refused_not_silently_off():
+    from epalm.testing import tiny_model
+
+    model = tiny_model()
+    model.lm.gradient_checkpointing_enable()
+    with pytest.raises(ValueError, match="gradient checkpointing of the frozen LM"):
+        model.train()
+    model.lm.gradient_checkpointing_disable()
+    assert model.train().connectors.training
+
+
+@pytest.mark.parametrize("kind", ["FSDP", "DEEPSPEED"])
+def test_sharded_strategies_are_refused_before_anything_runs(kind):
+    """A stand-in accelerator (only its distributed_type is read): FSDP and DeepSpeed need
+    processes this check must refuse before they start anything."""
+    from types import SimpleNamespace
+
+    from accelerate.utils import DistributedType
+
+    from epalm.training.settings import SettingsError
+    from epalm.training.trainer import Trainer
+
+    accelerator = SimpleNamespace(distributed_type=getattr(DistributedType, kind))
+    with pytest.raises(SettingsError, match="does not support yet"):
+        Trainer(None, accelerator)

@@ -145,6 +145,19 @@ def test_eval_without_a_trained_model_says_how_to_train_one(tmp_path, capsys):
     assert "epalm train modality=image task=vqa" in capsys.readouterr().err
 
 
+def test_a_file_missing_inside_a_job_keeps_its_traceback(tmp_path, monkeypatch):
+    """Only the errors epalm words for the user become one line; a stray FileNotFoundError is
+    a bug or an environment problem, and its traceback is what finds it."""
+    from epalm.training import jobs
+
+    def broken(*args):
+        (tmp_path / "never-written.bin").read_bytes()
+
+    monkeypatch.setattr(jobs, "train", broken)
+    with pytest.raises(FileNotFoundError, match=r"never-written\.bin"):
+        main(["train", *tiny(tmp_path)])
+
+
 def test_a_non_finite_loss_stops_the_run_naming_step_and_samples(tmp_path, capsys):
     args = tiny(tmp_path, "image", "vqa", "train.max_steps=6", "train.save_every=1")
     args += ["train.lr=1e30", "train.prompt_lr=1e30", "train.max_grad_norm=null"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from epalm.errors import MissingFileError
 from epalm.model import CONFIG_NAME, EPALM
 from epalm.zoo.cache import using_cache
 
@@ -20,7 +21,7 @@ log = logging.getLogger("epalm.demo")
 MODALITIES = ("image", "video", "audio")
 
 
-class NoModelsError(FileNotFoundError):
+class NoModelsError(MissingFileError):
     """No checkpoint was given and none lies in the runs directory."""
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import weakref
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
@@ -98,25 +100,36 @@ class WhisperEncoderOnly:
         return WhisperModel.from_pretrained(path, **kwargs).get_encoder()
 
 
+# One lock per encoder: real_length changes the shared module while it runs.
+_REAL_LENGTH_LOCKS: weakref.WeakKeyDictionary[nn.Module, threading.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+_LOCKS_LOCK = threading.Lock()
+
+
 @contextmanager
 def real_length(encoder: WhisperEncoder, frames: int) -> Iterator[WhisperEncoder]:
     """Let HF's Whisper encoder take ``frames`` mel frames instead of a fixed 30 s (3000).
 
     Its forward checks the length against ``config.max_source_positions`` and adds every row of
-    ``embed_positions``; for the duration, both are cut to the clip's positions. Not thread-safe.
+    ``embed_positions``; for the duration, both are cut to the clip's positions. Calls on one
+    encoder from several threads (the demo serves one model from many) take turns.
     """
     positions = frames // (encoder.conv1.stride[0] * encoder.conv2.stride[0])
-    config, table = encoder.config, encoder.embed_positions
-    full = config.max_source_positions
-    if positions > full:
-        raise ValueError(f"{frames} mel frames exceed Whisper's {full} positions")
-    config.max_source_positions = positions
-    encoder.embed_positions = nn.Embedding.from_pretrained(table.weight[:positions])
-    try:
-        yield encoder
-    finally:
-        config.max_source_positions = full
-        encoder.embed_positions = table
+    with _LOCKS_LOCK:
+        lock = _REAL_LENGTH_LOCKS.setdefault(encoder, threading.Lock())
+    with lock:
+        config, table = encoder.config, encoder.embed_positions
+        full = config.max_source_positions
+        if positions > full:
+            raise ValueError(f"{frames} mel frames exceed Whisper's {full} positions")
+        config.max_source_positions = positions
+        encoder.embed_positions = nn.Embedding.from_pretrained(table.weight[:positions])
+        try:
+            yield encoder
+        finally:
+            config.max_source_positions = full
+            encoder.embed_positions = table
 
 
 @register_perceiver("whisper")

