@@ -84,6 +84,9 @@ class EPALMConfig:
     # Where offline models are built (default: $EPALM_CACHE or ~/.cache/epalm). A property of
     # this machine, so checkpoints never record it.
     model_cache: str | None = None
+    # Digests of the frozen parts' weights ("lm", "perceivers.<slot>"), written by
+    # save_pretrained and checked by from_pretrained.
+    frozen_digests: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -101,9 +104,10 @@ class EPALMConfig:
             if f.name in data
         }
         model_cache = data.pop("model_cache", None)
+        digests = dict(data.pop("frozen_digests", {}))
         if data:
             raise ValueError(f"{source}: unknown keys {sorted(data)}")
-        return cls(perceivers=perceivers, model_cache=model_cache, **parts)
+        return cls(perceivers=perceivers, model_cache=model_cache, frozen_digests=digests, **parts)
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import logging
 import os
 import tempfile
 from collections.abc import Iterator, Mapping, Sequence
@@ -24,10 +25,13 @@ from epalm.connector import LevelProjection, SoftPrompt
 from epalm.encoders.base import Perceiver
 from epalm.encoders.registry import build_perceiver
 from epalm.errors import MissingFileError
+from epalm.fingerprint import weights_digest
 from epalm.injection import Injector, decoder_layers, injection_schedule
 from epalm.text import IGNORE_INDEX, encode_prompts, encode_training, prepare_tokenizer
 from epalm.zoo import load_model, resolve
 from epalm.zoo.cache import using_cache
+
+log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -439,7 +443,11 @@ class EPALM(nn.Module):
         atomic_write(
             directory / WEIGHTS_NAME, lambda p: save_file(weights, p, metadata={"format": "pt"})
         )
-        portable = {**self.config.to_dict(), "model_cache": None}
+        portable = {
+            **self.config.to_dict(),
+            "model_cache": None,
+            "frozen_digests": self.frozen_digests(),
+        }
         config_text = json.dumps(portable, indent=2) + "\n"
         atomic_write_text(directory / CONFIG_NAME, config_text)
         with tempfile.TemporaryDirectory(dir=directory) as staging:
@@ -447,15 +455,64 @@ class EPALM(nn.Module):
                 os.replace(name, directory / Path(name).name)
 
     @classmethod
-    def from_pretrained(cls, directory: str | os.PathLike, **kwargs: Any) -> EPALM:
-        """Rebuild a model saved by ``save_pretrained``: frozen parts from their sources, trained weights from the file."""
+    def from_pretrained(
+        cls, directory: str | os.PathLike, *, frozen_check: str = "warn", **kwargs: Any
+    ) -> EPALM:
+        """Rebuild a model saved by ``save_pretrained``: frozen parts from their sources, trained
+        weights from the file.
+
+        The frozen parts rebuilt are compared with the digests the checkpoint recorded:
+        ``frozen_check="warn"`` logs a loud warning for each that differs (another conversion,
+        hub revision or dtype than the model was trained with), ``"error"`` refuses it,
+        ``"skip"`` spares the hashing.
+        """
+        if frozen_check not in ("warn", "error", "skip"):
+            raise ValueError(f"frozen_check={frozen_check!r}: choose warn, error or skip")
         directory = Path(directory)
         config = cls.saved_config(directory)
         if "tokenizer" not in kwargs and (directory / "tokenizer_config.json").is_file():
             kwargs["tokenizer"] = AutoTokenizer.from_pretrained(directory)
         model = cls(config, **kwargs)
         model.load_trained(directory / WEIGHTS_NAME)
+        if frozen_check != "skip":
+            model._check_frozen(directory, strict=frozen_check == "error")
         return model
+
+    def frozen_digests(self) -> dict[str, str]:
+        """A digest of each frozen part's weights: ``lm`` and ``perceivers.<slot>``."""
+        parts = {"lm": self.lm, **{f"perceivers.{k}": p for k, p in self.perceivers.items()}}
+        return {name: weights_digest(module) for name, module in parts.items()}
+
+    def _check_frozen(self, directory: Path, strict: bool) -> None:
+        recorded = self.config.frozen_digests
+        if not recorded:
+            log.warning(
+                "%s records no digest of its frozen parts: they cannot be checked", directory
+            )
+            return
+        now = self.frozen_digests()
+        differ = sorted(k for k in recorded.keys() | now.keys() if recorded.get(k) != now.get(k))
+        if not differ:
+            return
+        message = (
+            f"{directory}: the frozen {', '.join(differ)} rebuilt here differ from the weights "
+            f"this model was trained with ({self._frozen_names(differ)}); its outputs will not "
+            "be the trained model's. Name the same weights (a local directory) or pass "
+            "frozen_check='skip' to accept them"
+        )
+        if strict:
+            raise ValueError(message)
+        log.warning("%s", message)
+
+    def _frozen_names(self, parts: list[str]) -> str:
+        names = []
+        for part in parts:
+            if part == "lm":
+                names.append(f"lm {self.config.lm.model or 'from model_config'}")
+            elif part.removeprefix("perceivers.") in self.config.perceivers:
+                spec = self.config.perceivers[part.removeprefix("perceivers.")]
+                names.append(f"{part} {spec.name} {spec.kwargs.get('model', '')}".strip())
+        return "; ".join(names)
 
     @staticmethod
     def saved_config(directory: str | os.PathLike) -> EPALMConfig:

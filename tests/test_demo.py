@@ -46,6 +46,7 @@ def ask(client, modality, path, *args, **kwargs):
     return client.predict(*arguments(modality, path, *args, **kwargs), api_name=f"/{modality}")
 
 
+@pytest.mark.core
 @SERVER
 @pytest.mark.parametrize("task", [DESCRIBE, ASK])
 @pytest.mark.parametrize("modality", list(DEMO_PHRASES))
@@ -63,6 +64,7 @@ def test_greedy_decoding_is_offered_too(client, examples):
     assert text == caption and who.endswith("(greedy).")
 
 
+@pytest.mark.core
 @SERVER
 @pytest.mark.parametrize(
     ("modality", "suffix"), [("image", ".png"), ("video", ".mp4"), ("audio", ".wav")]

@@ -16,7 +16,7 @@ from torch.utils.data import DataLoader
 import epalm.data.feature_cache as fc
 from epalm.data.dataset import FeatureDataset, MediaDataset, decode
 from epalm.data.embedded import build_embedded
-from epalm.data.feature_cache import FeatureCache, NotCachedError
+from epalm.data.feature_cache import FeatureCache, NotCachedError, weights_sha256
 from epalm.data.manifest import read_manifest
 from epalm.data.media import MediaError
 from epalm.encoders import build_perceiver
@@ -142,6 +142,34 @@ def test_other_settings_or_weights_use_other_entries(tmp_path, roots, perceivers
     other = FeatureCache(tiny_perceiver("image", **change), tmp_path)
     assert other.key != cache.key and other.directory != cache.directory
     assert other.missing(paths) == [Path(p) for p in paths]
+
+
+def _vit_checkpoint(directory, mean):
+    """A local HF ViT checkpoint (random tiny weights, seed 0) with a preprocessor config."""
+    from transformers import ViTImageProcessor, ViTModel
+
+    from epalm.testing.perceivers import TINY_VIT
+
+    torch.manual_seed(0)
+    config = {k: v for k, v in TINY_VIT.items() if k != "model_type"}
+    ViTModel(ViTModel.config_class(**config)).save_pretrained(directory)
+    ViTImageProcessor(image_mean=mean, image_std=[0.5] * 3).save_pretrained(directory)
+    return str(directory)
+
+
+def test_the_key_holds_the_mean_and_std_a_checkpoint_brings(tmp_path):
+    """One checkpoint whose preprocessor config's mean changed: the same settings and weights,
+    other pixels, so another entry; a preprocessor config that cannot be read is an error."""
+    first = build_perceiver("image", model=_vit_checkpoint(tmp_path / "vit", [0.5] * 3))
+    second = build_perceiver("image", model=_vit_checkpoint(tmp_path / "vit", [0.4] * 3))
+    assert first.config() == second.config()
+    assert weights_sha256(first) == weights_sha256(second)
+    assert first.image_mean == (0.5,) * 3 and second.image_mean == (0.4,) * 3
+    assert FeatureCache(first, tmp_path).key != FeatureCache(second, tmp_path).key
+
+    (tmp_path / "vit" / "preprocessor_config.json").write_text("{not json")
+    with pytest.raises(ValueError, match="gives no image mean and std"):
+        build_perceiver("image", model=str(tmp_path / "vit"))
 
 
 def test_the_weights_digest_sees_every_tensor(perceivers):

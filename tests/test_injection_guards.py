@@ -11,6 +11,9 @@ from epalm import EPALM
 from epalm.testing import tiny_config, tiny_model, tiny_tokenizer
 from epalm.text import encode_prompts
 
+# the core: run on the lowest releases the declared ranges allow too
+pytestmark = pytest.mark.core
+
 
 def _generate(model, **options):
     prompts = encode_prompts(model.tokenizer, ["Question: what? Answer:"])
@@ -31,10 +34,11 @@ def test_a_cache_filled_outside_the_injection_is_refused():
     model = tiny_model().eval()
     ids = encode_prompts(model.tokenizer, ["Hi"])["input_ids"]
     cache = DynamicCache()
-    model.lm(input_ids=ids, cache=cache, use_cache=True)  # cached without the prefix
+    # the cache by position: its argument's name differs across transformers 5 releases
+    model.lm(ids, None, None, cache, use_cache=True)  # cached without the prefix
     tokens = model.perceive(media=media_batch(model, ["image"], size=1))
     with model.injector.inject(tokens, None), pytest.raises(RuntimeError, match="filled outside"):
-        model.lm(input_ids=ids[:, -1:], cache=cache, use_cache=True)
+        model.lm(ids[:, -1:], None, None, cache, use_cache=True)
 
 
 def test_a_call_shorter_than_the_prefix_is_refused():

@@ -9,6 +9,9 @@ from conftest import media_batch
 from epalm.testing import TINY_LM_KINDS, tiny_model
 from epalm.text import encode_prompts, encode_training
 
+# the core: run on the lowest releases the declared ranges allow too
+pytestmark = pytest.mark.core
+
 MODALITIES = ("image", "video", "audio")
 CORE_LMS = ("opt", "gpt2", "llama")
 
@@ -215,6 +218,30 @@ def test_save_and_load_give_identical_logits_and_hold_only_trained_tensors(tmp_p
             rtol=0,
             atol=0,
         )
+
+
+def test_a_checkpoint_notices_other_frozen_weights_than_it_was_trained_with(tmp_path, caplog):
+    import json
+    import logging
+
+    from epalm import EPALM
+
+    model = tiny_model()
+    model.save_pretrained(tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())
+    assert saved["frozen_digests"] == model.frozen_digests()
+    assert set(saved["frozen_digests"]) == {"lm", "perceivers.image"}
+    with caplog.at_level(logging.WARNING):
+        EPALM.from_pretrained(tmp_path)
+    assert "differ from the weights" not in caplog.text  # the same weights: silent
+
+    saved["lm"]["seed"] = 1  # the same name, other weights (as another conversion would be)
+    (tmp_path / "config.json").write_text(json.dumps(saved))
+    with caplog.at_level(logging.WARNING):
+        EPALM.from_pretrained(tmp_path)
+    assert "the frozen lm rebuilt here differ from the weights" in caplog.text
+    with pytest.raises(ValueError, match="the frozen lm rebuilt here differ"):
+        EPALM.from_pretrained(tmp_path, frozen_check="error")
 
 
 def test_loss_covers_the_target_only_unless_asked():

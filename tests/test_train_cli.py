@@ -104,6 +104,7 @@ def test_bad_overrides_fail_with_one_clear_line(override, message, capsys):
     assert "Traceback" not in err
 
 
+@pytest.mark.core
 # --- a whole run -------------------------------------------------------------------------------
 @pytest.mark.parametrize("modality", ["image", "video", "audio"])
 def test_train_writes_a_model_that_eval_and_predict_load(tmp_path, modality, capsys):
@@ -234,6 +235,7 @@ def test_the_number_of_dataloader_workers_changes_nothing(tmp_path):
     _assert_same_run(runs[1], runs[2])
 
 
+@pytest.mark.core
 # --- two processes -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path):

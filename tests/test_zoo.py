@@ -98,6 +98,20 @@ def test_offline_source_is_built_once_then_served_from_the_cache_without_network
     assert resolve("tiny-fake") == entry and builds(cache) == 1
 
 
+def test_a_hub_id_served_by_an_offline_conversion_says_so_every_time(cache, fake_source, caplog):
+    fake_source(hub_id="someone/tiny-original")
+    for _ in range(2):  # built, then from the cache: both times
+        caplog.clear()
+        with caplog.at_level(logging.WARNING):
+            resolve("someone/tiny-original")
+        assert "serving the offline conversion 'tiny-fake'" in caplog.text
+        assert "not the hub's own weights" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        resolve("tiny-fake")  # asked for by its own name: nothing to warn about
+    assert "serving" not in caplog.text
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_a_corrupted_entry_is_detected_and_rebuilt(cache, fake_source, damage, caplog):
     fake_source()

@@ -96,6 +96,7 @@ def perceiver_spec(perceiver: Perceiver, video_backend: str = "pyav") -> dict[st
         "format": FORMAT_VERSION,
         "perceiver": perceiver_name(perceiver),
         "config": perceiver.config(),
+        "preprocessing": perceiver.preprocessing(),
         "weights_sha256": weights_sha256(perceiver),
     }
     if perceiver.modality == "video":  # decoders may disagree on a frame's pixels

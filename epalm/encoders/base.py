@@ -49,6 +49,11 @@ class Perceiver(nn.Module, ABC):
     def config(self) -> dict[str, Any]:
         """JSON-serialisable keyword arguments that rebuild this perceiver (for checkpoints)."""
 
+    def preprocessing(self) -> dict[str, Any]:
+        """The values ``preprocess`` actually uses beyond ``config()``, such as the image mean
+        and std read from a checkpoint's preprocessor config: the feature cache keys on them."""
+        return {}
+
     # --- shared behaviour ----------------------------------------------------------------
     def collate(self, samples: Sequence[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """Stack preprocessed samples into a batch (override to pad variable lengths)."""

