@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import tempfile
+import threading
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -287,32 +288,27 @@ class EPALM(nn.Module):
         """``(summed cross-entropy, number of target tokens)`` over the labelled tokens.
 
         The same loss as ``forward``'s (times the count), but the LM head only runs at the
-        positions that predict a target (HF's ``logits_to_keep``): for short answers it is a
-        quarter of a small LM's training FLOPs otherwise. The sum lets a trainer average over
-        every target token of a batch split across processes.
+        positions that predict a target (a hook on the LM's output embeddings picks them out):
+        for short answers it is a quarter of a small LM's training FLOPs otherwise. The sum
+        lets a trainer average over every target token of a batch split across processes.
         """
         if labels is None:
             raise ValueError("target_loss needs labels")
         targets = self.predicted_labels(labels)  # position p predicts token p + 1
         predicting = targets != IGNORE_INDEX
-        # Positions any sample predicts from, as a 1D index (the form every transformers 5
-        # release takes); each sample's own positions are picked out of their logits below.
-        keep = predicting.any(0).nonzero().squeeze(1)
-        if "logits_to_keep" in self._lm_takes:
-            out = self._run_lm(input_ids, attention_mask, media, features, logits_to_keep=keep)
-        else:  # an LM without it computes every position's logits
+        rows = nn.functional.pad(predicting, (0, 1))  # the last position predicts nothing
+        with _head_only_at(self.lm, rows.to(self.device)):
             out = self._run_lm(input_ids, attention_mask, media, features)
-            out.logits = out.logits[:, : targets.shape[1]][:, keep]
-        if out.logits.shape[1] != keep.numel():
+        count = int(predicting.sum())
+        if out.logits.shape[:-1] != (count,):
             raise RuntimeError(
-                f"the LM returned logits for {out.logits.shape[1]} positions where epalm asked "
-                f"for {keep.numel()} through logits_to_keep: has its meaning changed?"
+                f"the LM returned logits of shape {tuple(out.logits.shape)} where its head ran on "
+                f"{count} positions: does this LM change its logits' shape after its head?"
             )
-        logits = out.logits[predicting[:, keep].to(out.logits.device)]
         loss = nn.functional.cross_entropy(
-            logits.float(), targets[predicting].to(logits.device), reduction="sum"
+            out.logits.float(), targets[predicting].to(out.logits.device), reduction="sum"
         )
-        return loss, int(predicting.sum())
+        return loss, count
 
     def predicted_labels(self, labels: torch.Tensor) -> torch.Tensor:
         """The label each position of the LM's sequence ([prefix][text], minus its last
@@ -555,6 +551,31 @@ def _load_tokenizer(config: EPALMConfig) -> PreTrainedTokenizerBase:
             "the LM is built from model_config: name a tokenizer in lm.tokenizer or pass tokenizer="
         )
     return AutoTokenizer.from_pretrained(resolve(name))
+
+
+@contextmanager
+def _head_only_at(lm: nn.Module, rows: torch.Tensor) -> Iterator[None]:
+    """Within the block, the LM head of calls from this thread runs on ``rows`` ([batch, seq]
+    bool) of its input only, and the LM returns their logits as ``[rows, vocab]``. A hook, not
+    ``logits_to_keep``, whose forms differ across transformers releases."""
+    thread = threading.get_ident()
+
+    def select(module: nn.Module, args: tuple) -> tuple | None:
+        if threading.get_ident() != thread:
+            return None
+        hidden = args[0]
+        if hidden.shape[:2] != rows.shape:
+            raise RuntimeError(
+                f"the LM head received {tuple(hidden.shape)}; epalm expected the hidden states "
+                f"of every position {tuple(rows.shape)}"
+            )
+        return (hidden[rows], *args[1:])
+
+    handle = lm.get_output_embeddings().register_forward_pre_hook(select)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 # What epalm passes to every LM call by name. The LM's forward also takes **kwargs, which would
