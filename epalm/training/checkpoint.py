@@ -3,7 +3,9 @@ place and renamed into it, so ``checkpoints/step-*`` only ever holds complete on
 
 A checkpoint holds the trained weights as a loadable model (``model/``, what ``save_pretrained``
 writes), and ``state.pt`` with the optimizer, scheduler and RNG states, read back with
-``weights_only=True``; ``trainer_state.json`` holds the step and the best validation score.
+``weights_only=True``; ``trainer_state.json`` holds the step and the best validation score. With fp16 the gradient
+scaler's state is saved too, and the CUDA generators' states on a GPU, so a resumed run goes
+on bit-identically there as well.
 """
 
 from __future__ import annotations
@@ -37,8 +39,10 @@ def save_checkpoint(
     optimizer: torch.optim.Optimizer,
     scheduler: Any,
     trainer_state: dict[str, Any],
+    scaler: Any | None = None,
 ) -> Path:
-    """Write ``checkpoints/step-NNNNNNN`` atomically and return it."""
+    """Write ``checkpoints/step-NNNNNNN`` atomically and return it; ``scaler``: fp16's
+    gradient scaler, when there is one."""
     root = checkpoint_dir(run_dir)
     root.mkdir(parents=True, exist_ok=True)
     final = root / f"{PREFIX}{trainer_state['step']:07d}"
@@ -50,6 +54,8 @@ def save_checkpoint(
             "scheduler": scheduler.state_dict(),
             "rng": rng_state(),
         }
+        if scaler is not None:
+            state["scaler"] = scaler.state_dict()
         torch.save(state, staging / STATE)
         (staging / TRAINER_STATE).write_text(json.dumps(trainer_state, indent=2) + "\n")
 
@@ -58,15 +64,27 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: str | os.PathLike, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any
+    path: str | os.PathLike,
+    model: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: Any | None = None,
 ) -> dict[str, Any]:
-    """Restore a checkpoint into ``model``, ``optimizer``, ``scheduler`` and the RNGs; returns
-    the trainer state (step, best score, ...)."""
+    """Restore a checkpoint into ``model``, ``optimizer``, ``scheduler``, ``scaler`` and the
+    RNGs; returns the trainer state (step, best score, ...)."""
     path = Path(path)
     model.load_trained(path / MODEL / WEIGHTS_NAME)
     state = torch.load(path / STATE, map_location="cpu", weights_only=True)
     optimizer.load_state_dict(state["optimizer"])
     scheduler.load_state_dict(state["scheduler"])
+    if (scaler is None) != ("scaler" not in state):
+        raise ValueError(
+            f"{path}: saved {'with' if 'scaler' in state else 'without'} an fp16 gradient "
+            f"scaler, resumed {'with' if scaler is not None else 'without'} one: resume with "
+            "the train.mixed_precision it was saved with"
+        )
+    if scaler is not None:
+        scaler.load_state_dict(state["scaler"])
     set_rng_state(state["rng"])
     return json.loads((path / TRAINER_STATE).read_text())
 
@@ -118,6 +136,7 @@ def rng_state() -> dict[str, Any]:
         "python": random.getstate(),
         "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
         "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }
 
 
@@ -127,6 +146,14 @@ def set_rng_state(state: dict[str, Any]) -> None:
     kind, keys, pos, has_gauss, gauss_value = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss_value))
     torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda", [])
+    if cuda and torch.cuda.is_available():
+        if len(cuda) != torch.cuda.device_count():
+            raise ValueError(
+                f"the checkpoint holds the RNG states of {len(cuda)} GPUs, this machine has "
+                f"{torch.cuda.device_count()}: resume on as many"
+            )
+        torch.cuda.set_rng_state_all(cuda)
 
 
 def _checkpoints(run_dir: str | os.PathLike) -> list[Path]:

@@ -121,7 +121,7 @@ class Trainer:
         state = {"step": 0, "best": None, "best_step": None, "history": []}
         latest = ckpt.latest_checkpoint(self.run_dir) if s.resume == "auto" else None
         if latest is not None:
-            state = ckpt.load_checkpoint(latest, self.model, optimizer, scheduler)
+            state = ckpt.load_checkpoint(latest, self.model, optimizer, scheduler, acc.scaler)
             log.info("resumed from %s (step %d of %d)", latest, state["step"], total)
         wrapped, optimizer = acc.prepare(TargetLoss(self.model), optimizer)
         acc.init_trackers("tensorboard")
@@ -170,7 +170,7 @@ class Trainer:
         while state["step"] < total:
             step = state["step"]
             loss = self._step(wrapped, optimizer, micro_batches, step)
-            scheduler.step()
+            step_scheduler(scheduler, optimizer)
             state["step"] = step + 1
             losses.append(loss)
             bar.update(1)
@@ -266,7 +266,9 @@ class Trainer:
     def _save(self, optimizer, scheduler, state: dict[str, Any]) -> None:
         acc = self.acc
         if acc.is_main_process:
-            path = ckpt.save_checkpoint(self.run_dir, self.model, optimizer, scheduler, state)
+            path = ckpt.save_checkpoint(
+                self.run_dir, self.model, optimizer, scheduler, state, acc.scaler
+            )
             pruned = ckpt.prune_checkpoints(self.run_dir, self.s.train.keep_last)
             log.info("saved %s%s", path.name, f" (removed {len(pruned)} older)" if pruned else "")
         acc.wait_for_everyone()
@@ -292,6 +294,15 @@ class Trainer:
         acc.wait_for_everyone()
         acc.end_training()
         return final
+
+
+def step_scheduler(scheduler: Any, optimizer: Any) -> None:
+    """Advance the learning-rate schedule, unless fp16's scaler skipped the optimizer step (its
+    gradients overflowed): the schedule follows the updates that happened."""
+    if getattr(optimizer, "step_was_skipped", False):
+        log.info("the optimizer step was skipped (fp16 overflow); the schedule waits")
+        return
+    scheduler.step()
 
 
 def _check_strategy(accelerator: Any) -> None:
