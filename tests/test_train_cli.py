@@ -236,6 +236,57 @@ def test_the_number_of_dataloader_workers_changes_nothing(tmp_path):
 
 
 @pytest.mark.core
+def _corrupt_one_ranks_micro_batch(args: list[str], steps: int, root: Path) -> int:
+    """Copy the run's dataset to ``root`` (a user's manifests: the embedded cache would rebuild
+    broken files) and break the media of rank 1's samples at the first step whose files rank 0
+    does not use: rank 1's micro-batch is all bad there, rank 0's is fine."""
+    import shutil
+
+    from epalm.training.data import StepSampler, data_root, load_split, one_per_caption
+
+    shutil.copytree(data_root(settings(args)[0]), root)
+    s, _ = settings([*args, "data.embedded=false", f"+data.root={root}"])
+    samples = one_per_caption(load_split(s, "train"))
+    media = [[root / m for m in sample.media] for sample in samples]
+    ranks = [
+        list(
+            StepSampler(len(samples), batch_size=4, steps=steps, seed=s.seed, rank=r, world_size=2)
+        )
+        for r in (0, 1)
+    ]
+    for step in range(1, steps):  # not the first step: the others must run before it
+        files = [{f for i, _ in ranks[r][step] for f in media[i]} for r in (0, 1)]
+        if not files[0] & files[1]:
+            for path in files[1]:
+                path.write_bytes(b"not an image")
+            return step
+    raise AssertionError("no step whose ranks share no file")
+
+
+@pytest.mark.slow
+def test_a_bad_micro_batch_on_one_process_keeps_the_processes_in_step(tmp_path):
+    """Two processes over gloo, one micro-batch all bad on rank 1 only: both skip it (before,
+    rank 1 skipped alone and rank 0 waited in DDP's all-reduce for ever)."""
+    steps = ["train.max_steps=6", "train.eval_every=100", "eval.blind=false"]
+    steps += ["train.features=media", "eval.max_samples=4"]  # media decoded at each step
+    args = tiny(tmp_path, "image", "vqa", *steps)
+    bad_step = _corrupt_one_ranks_micro_batch(args, 6, tmp_path / "mine")
+    args += ["data.embedded=false", f"+data.root={tmp_path / 'mine'}"]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launch += ["--num_processes", "2", "--main_process_port", "29519", "-m", "epalm", "train"]
+    run = subprocess.run(
+        [*launch, *args, "log_level=INFO"],
+        capture_output=True,
+        text=True,
+        timeout=300,  # a hang, as before the fix, ends here
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert f"step {bad_step}: micro-batch 0 skipped here too" in log, log  # rank 0 said why
+    assert (tmp_path / "run" / "final" / "model.safetensors").is_file()
+
+
 # --- two processes -----------------------------------------------------------------------------
 @pytest.mark.slow
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path):

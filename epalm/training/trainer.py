@@ -195,11 +195,7 @@ class Trainer:
         over every target token of the global batch (HF's ``num_items_in_batch``), so any split
         over processes and accumulation gives the single-process gradient."""
         s, acc = self.s, self.acc
-        parts = [next(micro_batches) for _ in range(s.train.grad_accum)]
-        for batch in parts:
-            if is_empty(batch):
-                log.warning("step %d: every sample of a micro-batch was bad; skipped", step)
-        parts = [b for b in parts if not is_empty(b)]
+        parts = self._drop_empty([next(micro_batches) for _ in range(s.train.grad_accum)], step)
         tokens = self._sum_over_processes(sum(self.model.target_count(b["labels"]) for b in parts))
         total = 0.0
         for i, batch in enumerate(parts):
@@ -214,6 +210,29 @@ class Trainer:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         return self._sum_over_processes(total) / max(tokens, 1)
+
+    def _drop_empty(self, parts: list[dict[str, Any]], step: int) -> list[dict[str, Any]]:
+        """The micro-batches every process keeps: one whose samples were all bad on any process
+        is skipped on all of them, so that every process makes the same collective calls (a
+        process that skipped alone would leave the others waiting in DDP's all-reduce)."""
+        acc = self.acc
+        empty = torch.tensor([float(is_empty(b)) for b in parts], device=acc.device)
+        if acc.num_processes > 1:
+            empty = acc.gather(empty).view(acc.num_processes, -1).amax(0)
+        kept = []
+        for i, (batch, skip) in enumerate(zip(parts, empty.tolist())):
+            if not skip:
+                kept.append(batch)
+            elif is_empty(batch):
+                log.warning("step %d: every sample of micro-batch %d was bad; skipped", step, i)
+            else:
+                log.warning(
+                    "step %d: micro-batch %d skipped here too: every sample of it was bad on "
+                    "another process",
+                    step,
+                    i,
+                )
+        return kept
 
     def _check_finite(self, loss: torch.Tensor, step: int, ids: list[str]) -> None:
         bad = torch.tensor([0.0 if torch.isfinite(loss) else 1.0], device=self.acc.device)
