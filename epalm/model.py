@@ -157,7 +157,11 @@ class EPALM(nn.Module):
 
     def train(self, mode: bool = True) -> EPALM:
         """Only the connector and prompt switch modes; frozen parts always stay in eval."""
-        if mode and getattr(self.lm, "is_gradient_checkpointing", False):
+        checkpointing = (
+            "is_activation_checkpointing",
+            "is_gradient_checkpointing",
+        )  # 5.24 renamed it
+        if mode and any(getattr(self.lm, name, False) for name in checkpointing):
             # HF checkpoints only modules in training mode, and its recomputation in the
             # backward pass would run outside the injection: both would be silently wrong
             raise ValueError(
