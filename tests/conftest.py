@@ -17,6 +17,24 @@ def media_batch(model, modalities, size=2, train=False):
     )
 
 
+def assert_cache_parity(model, num_beams, max_new_tokens, tolerance):
+    """Generation with and without the KV cache gives the same tokens and, at every step, the
+    same scores: a random LM repeats itself, so equal tokens alone could hide a cache path
+    that lost the perception."""
+    from epalm.text import encode_prompts
+
+    prompts = encode_prompts(model.tokenizer, ["Question: what is it? Answer:", ""])
+    options = dict(media=media_batch(model, ["image"], size=2), max_new_tokens=max_new_tokens)
+    options["min_new_tokens"] = max_new_tokens  # every step compared, none cut short by eos
+    options.update(num_beams=num_beams, output_scores=True, return_dict_in_generate=True)
+    cached = model.generate(**prompts, **options, use_cache=True)
+    uncached = model.generate(**prompts, **options, use_cache=False)
+    assert cached.sequences.shape == (2, max_new_tokens)
+    assert torch.equal(cached.sequences, uncached.sequences)
+    for with_cache, without in zip(cached.scores, uncached.scores, strict=True):
+        torch.testing.assert_close(with_cache, without, rtol=tolerance, atol=tolerance)
+
+
 @pytest.fixture
 def make_model():
     return tiny_model

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 import torch
-from conftest import media_batch
+from conftest import assert_cache_parity, media_batch
 
 from epalm.testing import TINY_LM_KINDS, tiny_model
 from epalm.text import encode_prompts, encode_training
@@ -123,18 +123,7 @@ def test_each_injection_layer_receives_its_scheduled_level():
 @pytest.mark.parametrize("lm", TINY_LM_KINDS)
 def test_generation_with_and_without_cache_agree(lm, bos, num_beams):
     model = tiny_model(lm, ["image"], bos=bos).eval()
-    prompts = encode_prompts(model.tokenizer, ["Question: what? Answer:", ""])
-    media = media_batch(model, ["image"], size=2)
-    options = dict(media=media, max_new_tokens=8, num_beams=num_beams, output_scores=True)
-    options["return_dict_in_generate"] = True
-    cached = model.generate(**prompts, **options, use_cache=True)
-    uncached = model.generate(**prompts, **options, use_cache=False)
-    assert cached.sequences.shape == (2, 8)
-    assert torch.equal(cached.sequences, uncached.sequences)
-    # the scores of every step, not only the chosen tokens: a random LM repeats itself, so
-    # equal tokens alone could hide a cache path that lost the perception
-    for with_cache, without in zip(cached.scores, uncached.scores, strict=True):
-        torch.testing.assert_close(with_cache, without, rtol=1e-4, atol=1e-4)
+    assert_cache_parity(model, num_beams, max_new_tokens=8, tolerance=1e-4)
 
 
 def test_left_padded_batch_generates_what_each_sample_does_alone():

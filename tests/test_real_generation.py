@@ -4,7 +4,7 @@ range in CI (`pytest -m core` on the lowest releases)."""
 
 import pytest
 import torch
-from conftest import media_batch
+from conftest import assert_cache_parity
 
 from epalm import EPALM
 from epalm.config import ConnectorConfig, EPALMConfig, LMConfig, PerceiverConfig
@@ -28,15 +28,7 @@ def model():
 
 @pytest.mark.parametrize("num_beams", [1, 3])
 def test_cached_and_uncached_generation_agree_on_smollm2(model, num_beams):
-    prompts = encode_prompts(model.tokenizer, ["Question: what is it? Answer:", ""])
-    media = media_batch(model, ["image"], size=2)
-    options = dict(media=media, max_new_tokens=12, num_beams=num_beams, output_scores=True)
-    options["return_dict_in_generate"] = True
-    cached = model.generate(**prompts, **options, use_cache=True)
-    uncached = model.generate(**prompts, **options, use_cache=False)
-    assert torch.equal(cached.sequences, uncached.sequences)
-    for with_cache, without in zip(cached.scores, uncached.scores, strict=True):
-        torch.testing.assert_close(with_cache, without, rtol=1e-3, atol=1e-3)
+    assert_cache_parity(model, num_beams, max_new_tokens=12, tolerance=1e-3)
 
 
 @pytest.mark.parametrize("use_cache", [True, False])
