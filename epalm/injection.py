@@ -255,7 +255,8 @@ class Injector:
         return at_start
 
     def _call_at_start(self, where: str) -> bool:
-        """For the layer hooks: whether the current call holds the prefix (None: not injecting)."""
+        """For the layer hooks: whether the current call holds the prefix; raises when the
+        embedding hook has not seen the call."""
         active = self._active
         call = active.call if active is not None else None
         if call is None or call.at_start is None:

@@ -157,11 +157,9 @@ class EPALM(nn.Module):
 
     def train(self, mode: bool = True) -> EPALM:
         """Only the connector and prompt switch modes; frozen parts always stay in eval."""
-        checkpointing = (
-            "is_activation_checkpointing",
-            "is_gradient_checkpointing",
-        )  # 5.24 renamed it
-        if mode and any(getattr(self.lm, name, False) for name in checkpointing):
+        renamed = hasattr(type(self.lm), "is_activation_checkpointing")  # in later 5.x releases
+        flag = "is_activation_checkpointing" if renamed else "is_gradient_checkpointing"
+        if mode and getattr(self.lm, flag, False):
             # HF checkpoints only modules in training mode, and its recomputation in the
             # backward pass would run outside the injection: both would be silently wrong
             raise ValueError(
