@@ -26,7 +26,7 @@ from epalm.connector import LevelProjection, SoftPrompt
 from epalm.encoders.base import Perceiver
 from epalm.encoders.registry import build_perceiver
 from epalm.errors import MissingFileError
-from epalm.fingerprint import weights_digest
+from epalm.fingerprint import weights_sha256
 from epalm.injection import Injector, decoder_layers, injection_schedule
 from epalm.text import IGNORE_INDEX, encode_prompts, encode_training, prepare_tokenizer
 from epalm.zoo import load_model, resolve
@@ -273,8 +273,7 @@ class EPALM(nn.Module):
     ) -> CausalLMOutputWithPast:
         """The LM's output on ``input_ids`` (text only; logits align with it), loss on ``labels``."""
         if labels is not None:
-            prefix = labels.new_full((labels.shape[0], self.injector.prefix_length), IGNORE_INDEX)
-            lm_kwargs["labels"] = torch.cat([prefix, labels], 1)
+            lm_kwargs["labels"] = self._prefixed_labels(labels)
         out = self._run_lm(input_ids, attention_mask, media, features, **lm_kwargs)
         out.logits = out.logits[:, self.injector.prefix_length :]
         return out
@@ -316,8 +315,12 @@ class EPALM(nn.Module):
         """The label each position of the LM's sequence ([prefix][text], minus its last
         position) predicts: the first text token is predicted from the prefix's last position,
         so it is trained even when neither a prompt nor a BOS token comes before it."""
+        return self._prefixed_labels(labels)[:, 1:]
+
+    def _prefixed_labels(self, labels: torch.Tensor) -> torch.Tensor:
+        """Labels over the LM's whole sequence: none on the prefix."""
         prefix = labels.new_full((labels.shape[0], self.injector.prefix_length), IGNORE_INDEX)
-        return torch.cat([prefix, labels], 1)[:, 1:]
+        return torch.cat([prefix, labels], 1)
 
     def target_count(self, labels: torch.Tensor) -> int:
         """How many target tokens ``target_loss`` (and ``forward``'s loss) averages over."""
@@ -479,7 +482,7 @@ class EPALM(nn.Module):
     def frozen_digests(self) -> dict[str, str]:
         """A digest of each frozen part's weights: ``lm`` and ``perceivers.<slot>``."""
         parts = {"lm": self.lm, **{f"perceivers.{k}": p for k, p in self.perceivers.items()}}
-        return {name: weights_digest(module) for name, module in parts.items()}
+        return {name: weights_sha256(module) for name, module in parts.items()}
 
     def _check_frozen(self, directory: Path, strict: bool) -> None:
         recorded = self.config.frozen_digests

@@ -41,6 +41,7 @@ from epalm.atomic import atomic_write, atomic_write_text
 from epalm.data.dataset import ON_BAD_SAMPLE, preprocess_file
 from epalm.data.media import MediaError, check_file
 from epalm.encoders.base import Perceiver
+from epalm.fingerprint import weights_sha256
 from epalm.zoo.cache import cache_root, sha256_of
 
 log = logging.getLogger(__name__)
@@ -74,16 +75,6 @@ def content_sha256(path: str | os.PathLike) -> str:
     if key not in _SHA_MEMO:
         _SHA_MEMO[key] = sha256_of(Path(path))
     return _SHA_MEMO[key]
-
-
-def weights_sha256(module: torch.nn.Module) -> str:
-    """A digest of every tensor in ``module.state_dict()``: names, dtypes, shapes and bytes."""
-    digest = hashlib.sha256()
-    for name, tensor in sorted(module.state_dict().items()):
-        tensor = tensor.detach().cpu().contiguous()
-        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}\n".encode())
-        digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
-    return digest.hexdigest()
 
 
 def perceiver_name(perceiver: Perceiver) -> str:

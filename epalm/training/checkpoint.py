@@ -3,9 +3,9 @@ place and renamed into it, so ``checkpoints/step-*`` only ever holds complete on
 
 A checkpoint holds the trained weights as a loadable model (``model/``, what ``save_pretrained``
 writes), and ``state.pt`` with the optimizer, scheduler and RNG states, read back with
-``weights_only=True``; ``trainer_state.json`` holds the step and the best validation score. With fp16 the gradient
-scaler's state is saved too, and the CUDA generators' states on a GPU, so a resumed run goes
-on bit-identically there as well.
+``weights_only=True``; ``trainer_state.json`` holds the step and the best validation score.
+With fp16 the gradient scaler's state is saved too, and the CUDA generators' states on a GPU,
+so a resumed run goes on bit-identically there as well.
 """
 
 from __future__ import annotations
