@@ -129,9 +129,8 @@ def vqa_accuracy(prediction: str, answers: Sequence[str], version: str = "2017")
         truth = [process_punctuation(a) for a in answers] if len(set(answers)) > 1 else answers
     else:
         predicted, truth = _trim(prediction), [_trim(a) for a in answers]
-        if len(set(truth)) > 1:
-            predicted = process_digit_article(process_punctuation(predicted))
-            truth = [process_digit_article(process_punctuation(a)) for a in truth]
+        if len(set(truth)) > 1:  # normalised in full on both sides (trimming again is a no-op)
+            predicted, truth = normalize_answer(predicted), [normalize_answer(a) for a in truth]
     matches = [a == predicted for a in truth]
     total = sum(matches)
     return sum(min((total - m) / 3, 1.0) for m in matches) / len(matches)
