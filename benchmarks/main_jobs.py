@@ -1,12 +1,15 @@
 """The six main jobs, each from an empty cache, timed: the README's results table.
 
     python -m benchmarks.main_jobs [--out main_jobs] [--jobs image-vqa video-caption ...]
+        [--variant faithful=true ...]
 
 Each job runs `epalm train modality=M task=T` in a fresh process with its own empty
 ``EPALM_CACHE``, so its wall time includes fetching and converting the offline models, building
 the dataset and filling the feature cache; its peak memory is the training process's own
 maximum resident set. Prints a markdown table and writes
-``<out>/main_jobs.json``; the run directories are ``<out>/<modality>-<task>``.
+``<out>/main_jobs.json``; the run directories are ``<out>/<modality>-<task>``. Each
+``--variant`` (overrides, space-separated) runs every job once more with them, in the same
+invocation, so the rows compare on one machine.
 """
 
 from __future__ import annotations
@@ -23,25 +26,29 @@ JOBS = [f"{m}-{t}" for m in ("image", "video", "audio") for t in ("vqa", "captio
 TARGETS = {"vqa": "VQA accuracy", "caption": "CIDEr"}
 
 
-def run_job(job: str, out: Path) -> dict:
+def run_job(job: str, out: Path, variant: str = "") -> dict:
     modality, task = job.split("-")
-    run_dir, cache = out / job, out / f"cache-{job}"
+    overrides = variant.split()
+    name = "+".join([job, *(o.replace("=", "-") for o in overrides)])
+    run_dir, cache = out / name, out / f"cache-{name}"
     env = {**os.environ, "EPALM_CACHE": str(cache)}
-    command = ["epalm", "train", f"modality={modality}", f"task={task}", f"run_dir={run_dir}"]
+    command = ["epalm", "train", f"modality={modality}", f"task={task}", *overrides]
+    command.append(f"run_dir={run_dir}")
+    job = " ".join([job, *overrides])
     start = time.perf_counter()
-    with open(out / f"{job}.log", "w") as log:
+    with open(out / f"{name}.log", "w") as log:
         process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
         _, status, usage = os.wait4(process.pid, 0)  # this job's own peak memory
         process.returncode = code = os.waitstatus_to_exitcode(status)
     seconds = time.perf_counter() - start
     peak_gb = usage.ru_maxrss * 1024 / 1e9  # Linux reports kilobytes
     if code != 0:
-        return {"job": job, "error": f"exit {code}, see {out / f'{job}.log'}", "seconds": seconds}
+        return {"job": job, "error": f"exit {code}, see {out / f'{name}.log'}", "seconds": seconds}
     scores = json.loads((run_dir / "eval" / "test" / "scores.json").read_text())
     key = "vqa_accuracy" if task == "vqa" else "CIDEr"
     return {
         "job": job,
-        "command": " ".join(command[:4]),
+        "command": " ".join(command[:-1]),
         "metric": TARGETS[task],
         "score": scores["seen"]["metrics"][key],
         "blind": scores["blind"]["metrics"][key],
@@ -85,13 +92,17 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="main_jobs")
     parser.add_argument("--jobs", nargs="*", default=JOBS, choices=JOBS)
+    parser.add_argument(
+        "--variant", action="append", default=[], help="overrides, e.g. faithful=true"
+    )
     args = parser.parse_args()
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
     rows = []
     for job in args.jobs:
-        print(f"running {job} ...", file=sys.stderr, flush=True)
-        rows.append(run_job(job, out))
+        for variant in ["", *args.variant]:
+            print(f"running {job} {variant} ...", file=sys.stderr, flush=True)
+            rows.append(run_job(job, out, variant))
         (out / "main_jobs.json").write_text(json.dumps(rows, indent=1) + "\n")
     print(table(rows))
     return 0 if all("error" not in r for r in rows) else 1

@@ -122,7 +122,8 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument(
         "--check-media",
         action="store_true",
-        help="converters: fail on the first missing media file",
+        help="converters: fail when media files are missing, listing them all in "
+        "OUT/missing_media.txt (without it: a warning counts them)",
     )
     prepare.add_argument(
         "--media-pattern", help="converters: where media lie under --root (a str.format pattern)"

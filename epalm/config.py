@@ -56,12 +56,19 @@ class ConnectorConfig:
     seed: int | None = None
 
 
+PREFIX_POSITIONS = ("counted", "none")
+
+
 @dataclass
 class InjectionConfig:
-    """Which LM layers receive perceptual tokens (0-based, inclusive; None: eP-ALM's default)."""
+    """Which LM layers receive perceptual tokens (0-based, inclusive; None: eP-ALM's default),
+    and the positions of the prefix."""
 
     first_layer: int | None = None
     last_layer: int | None = None
+    # "counted": slots and prompt take positions 0.., text follows them; "none": text starts
+    # at 0 and the prefix gets no position, as eP-ALM's code (see epalm.injection)
+    prefix_positions: str = "counted"
 
 
 @dataclass

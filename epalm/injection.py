@@ -24,10 +24,16 @@ holds the prefix is read from what the call holds, not from HF's argument names 
 among the call's arguments and measured with its own ``get_seq_length``; a call with no cache
 must be at least as long as the first call of the block. Whatever breaks these invariants
 raises, naming what it found, instead of injecting into the wrong positions.
+
+Positions: by default the prefix takes positions 0.. and the text follows it, as HF counts
+them. ``prefix_positions="none"`` is eP-ALM's layout: the LM pre-hook moves every call's
+position ids back by the prefix's length (text from 0, the prefix at 0), and for LMs with a
+learned position table a hook zeroes the prefix's rows of it, so the prefix gets no position.
 """
 
 from __future__ import annotations
 
+import inspect
 import operator
 import threading
 from collections.abc import Iterator, Sequence
@@ -39,6 +45,8 @@ from typing import Any
 import torch
 from torch import nn
 from transformers.cache_utils import Cache
+
+from epalm.config import PREFIX_POSITIONS
 
 # model_type -> dotted path (from the *ForCausalLM module) to its nn.ModuleList of decoder layers.
 _DECODER_LAYERS: dict[str, str] = {
@@ -56,6 +64,21 @@ _DECODER_LAYERS: dict[str, str] = {
     "phi3": "model.layers",
     "smollm3": "model.layers",
 }
+
+
+# model_type -> dotted path to its table of learned absolute positions, for the LMs that add
+# one to the input embeddings. LMs not listed encode positions by rotation (RoPE), where
+# position 0 is the identity: a prefix at position 0 carries no position.
+_POSITION_EMBEDDINGS: dict[str, str] = {
+    "opt": "model.decoder.embed_positions",
+    "gpt2": "transformer.wpe",
+}
+
+
+def register_position_embeddings(model_type: str, path: str) -> None:
+    """Teach epalm where an LM with learned absolute positions keeps their table (its output
+    is added to the input embeddings), e.g. ``"transformer.wpe"``."""
+    _POSITION_EMBEDDINGS[model_type] = path
 
 
 def register_decoder_layers(model_type: str, path: str) -> None:
@@ -139,14 +162,27 @@ class Injector:
     serve requests from several threads at once.
     """
 
-    def __init__(self, lm: nn.Module, schedule: dict[int, int], num_slots: int, prompt_tokens: int):
+    def __init__(
+        self,
+        lm: nn.Module,
+        schedule: dict[int, int],
+        num_slots: int,
+        prompt_tokens: int,
+        prefix_positions: str = "counted",
+    ):
+        if prefix_positions not in PREFIX_POSITIONS:
+            raise ValueError(
+                f"prefix_positions={prefix_positions!r} is not one of {', '.join(PREFIX_POSITIONS)}"
+            )
         self.schedule = dict(schedule)
         self.num_slots = num_slots
         self.prompt_tokens = prompt_tokens
+        self.prefix_positions = prefix_positions
         self._local = threading.local()
         layers = decoder_layers(lm)
         first = min(self.schedule, default=len(layers))
-        self._handles = [
+        self._handles = [*self._position_hooks(lm)] if prefix_positions == "none" else []
+        self._handles += [
             lm.register_forward_pre_hook(self._start_call, with_kwargs=True),
             lm.register_forward_hook(self._end_call),
             lm.get_input_embeddings().register_forward_hook(self._embed_prefix),
@@ -161,6 +197,21 @@ class Injector:
                 for index in range(1, first)
             ),
         ]
+
+    def _position_hooks(self, lm: nn.Module) -> list[Any]:
+        """eP-ALM's positions: text from 0, no position for the prefix (see ``_shift_positions``
+        and ``_unplace_prefix``)."""
+        if "position_ids" not in inspect.signature(lm.forward).parameters:
+            raise ValueError(
+                f"prefix_positions='none' sets the text's position ids, which "
+                f"{type(lm).__name__}.forward does not take"
+            )
+        model_type = getattr(lm.config, "model_type", None)
+        path = _POSITION_EMBEDDINGS.get(model_type)
+        if path is None:
+            return []  # rotary positions: position 0 is no rotation
+        table = operator.attrgetter(path)(lm)
+        return [table.register_forward_hook(self._unplace_prefix)]
 
     @property
     def _active(self) -> _Active | None:
@@ -192,10 +243,42 @@ class Injector:
             handle.remove()
 
     # --- hooks ------------------------------------------------------------------------------
-    def _start_call(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]) -> None:
+    def _start_call(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]):
         active = self._active
-        if active is not None:
-            active.call = _Call(cached=_cached_length(args, kwargs))
+        if active is None:
+            return None
+        active.call = _Call(cached=_cached_length(args, kwargs))
+        if self.prefix_positions == "none":
+            return args, {**kwargs, "position_ids": self._shift_positions(args, kwargs)}
+        return None
+
+    def _shift_positions(self, args: tuple, kwargs: dict[str, Any]) -> torch.Tensor:
+        """Position ids counted over [prefix][text] (ours in training, HF's in generation),
+        moved back by the prefix's length: text starts at 0 and every prefix position is 0."""
+        positions = kwargs.get("position_ids")
+        if positions is None:  # derive them as HF's generate does, from the full mask
+            mask, ids = kwargs.get("attention_mask"), kwargs.get("input_ids")
+            if args or mask is None or ids is None or mask.ndim != 2:
+                raise RuntimeError(
+                    "prefix_positions='none' needs the LM called with keyword input_ids and a "
+                    "2D attention_mask (or position_ids); this call has neither"
+                )
+            positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+            positions = positions[:, -ids.shape[1] :]
+        return (positions - self.prefix_length).clamp(min=0)
+
+    def _unplace_prefix(self, module: nn.Module, args: tuple, table: torch.Tensor):
+        """Learned absolute positions: the prefix gets none (eP-ALM adds them to text only)."""
+        if self._active is None or not self._call_at_start("the LM's position embeddings"):
+            return None
+        if table.ndim != 3 or table.shape[1] != self._active.call.length:
+            raise RuntimeError(
+                f"the LM's position embeddings gave {tuple(table.shape)}, not [batch, "
+                f"{self._active.call.length}, hidden]: epalm cannot find the prefix's rows"
+            )
+        keep = torch.ones_like(table[:1, :, :1])
+        keep[:, : self.prefix_length] = 0
+        return table * keep
 
     def _end_call(self, module: nn.Module, args: tuple, output: Any) -> None:
         if self._active is not None:

@@ -96,6 +96,7 @@ class EPALM(nn.Module):
                 }
             )
         self.lm.requires_grad_(False).eval()
+        self.frozen_dropout = False
         self._check_promises()
         self._lm_takes = _lm_arguments(self.lm)
         for slot, perceiver in self.perceivers.items():
@@ -148,15 +149,32 @@ class EPALM(nn.Module):
             schedule = injection_schedule(
                 num_layers, c.levels, injection.first_layer, injection.last_layer
             )
-        return Injector(self.lm, schedule, len(self.perceivers), c.prompt_tokens)
+        return Injector(
+            self.lm, schedule, len(self.perceivers), c.prompt_tokens, injection.prefix_positions
+        )
 
     # --- state -----------------------------------------------------------------------------
     @property
     def device(self) -> torch.device:
         return self.lm.get_input_embeddings().weight.device
 
+    @property
+    def frozen_dropout(self) -> bool:
+        """Whether ``train()`` puts the frozen LM and perceivers in training mode too (their
+        dropout and drop-path on, still without gradients), as eP-ALM's code does; off by
+        default, where frozen parts always stay in eval."""
+        return self._frozen_dropout
+
+    @frozen_dropout.setter
+    def frozen_dropout(self, value: bool) -> None:
+        self._frozen_dropout = bool(value)
+        for module in self.perceivers.modules():  # nested ones too (frames -> image)
+            if isinstance(module, Perceiver):
+                module.dropout_in_training = self._frozen_dropout
+
     def train(self, mode: bool = True) -> EPALM:
-        """Only the connector and prompt switch modes; frozen parts always stay in eval."""
+        """Only the connector and prompt switch modes; frozen parts stay in eval unless
+        ``frozen_dropout`` is set."""
         renamed = hasattr(type(self.lm), "is_activation_checkpointing")  # in later 5.x releases
         flag = "is_activation_checkpointing" if renamed else "is_gradient_checkpointing"
         if mode and getattr(self.lm, flag, False):
@@ -168,8 +186,9 @@ class EPALM(nn.Module):
                 "model.lm.gradient_checkpointing_disable()"
             )
         super().train(mode)
-        self.lm.eval()
-        self.perceivers.eval()
+        if not (mode and self.frozen_dropout):
+            self.lm.eval()
+            self.perceivers.eval()
         return self
 
     def trainable_state_dict(self) -> dict[str, torch.Tensor]:

@@ -1,10 +1,13 @@
 """Converters: tiny trees in each dataset's official format become exactly the manifests they imply."""
 
 import json
+import logging
 import re
+import shlex
 
 import pytest
 
+from epalm.cli import main
 from epalm.data.converters import ConverterError, available_converters, prepare
 from epalm.data.manifest import read_manifest
 
@@ -22,6 +25,10 @@ def write_json(path, data):
 def write_text(path, text):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(text.encode())  # bytes: keep the \r\n of files made on Windows
+
+
+def warnings(caplog):
+    return "\n".join(r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING)
 
 
 def touch_media(root, paths):
@@ -167,12 +174,42 @@ def test_media_pattern_with_unknown_field(coco):
         prepare("coco", coco, media_pattern="{nope}.jpg")
 
 
-def test_check_media_names_the_first_missing_file_and_writes_nothing(coco, out):
+def test_missing_media_is_counted_in_a_warning(coco, out, caplog):
     touch_media(coco, ["val2014/COCO_val2014_000000391895.jpg"])
-    missing = coco / "val2014/COCO_val2014_000000522418.jpg"
-    with pytest.raises(ConverterError, match=rf"{at(missing)}: media file not found"):
-        prepare("coco", coco, out, check_media=True)
-    assert not out.exists()
+    prepare("coco", coco, out)
+    warning = warnings(caplog)
+    assert "3 of 4 media files are missing" in warning
+    assert str(coco / "val2014/COCO_val2014_000000522418.jpg") in warning
+    assert str(coco / "val2014/COCO_val2014_000000391895.jpg") not in warning
+    assert "--check-media" in warning
+    assert len(read_manifest(out / "train.jsonl")) == 2  # written all the same
+
+
+def test_no_warning_when_the_media_are_there(coco, out, caplog):
+    prepared("coco", coco, out)
+    caplog.clear()
+    prepare("coco", coco, out)
+    assert warnings(caplog) == ""
+
+
+def test_check_media_lists_every_missing_file_and_writes_no_manifest(root, out):
+    images = [karpathy_image(i, "train", "train2014", [f"caption {i}"]) for i in range(25)]
+    write_json(root / "dataset_coco.json", {"images": images})
+    touch_media(root, ["train2014/COCO_train2014_000000000007.jpg"])
+    missing = [root / f"train2014/COCO_train2014_{i:012d}.jpg" for i in range(25) if i != 7]
+    listing = out / "missing_media.txt"
+    with pytest.raises(ConverterError) as err:
+        prepare("coco", root, out, check_media=True)
+    message = str(err.value)
+    assert f"24 of 25 media files are missing, all listed in {listing}" in message
+    assert "no manifest written" in message
+    assert all(str(path) in message for path in missing[:20])
+    assert str(missing[20]) not in message  # the message names the first 20, the file all
+    assert listing.read_text().splitlines() == [str(path) for path in missing]
+    assert not list(out.glob("*.jsonl"))
+    touch_media(root, [path.relative_to(root) for path in missing])
+    assert prepare("coco", root, out, check_media=True) == [out / "train.jsonl"]
+    assert not listing.exists()  # a list from an earlier run would be stale
 
 
 def test_missing_annotation_file_names_the_expected_path(root):
@@ -455,6 +492,11 @@ def test_gqa_file_of_the_wrong_shape(gqa):
         prepare("gqa", gqa)
 
 
+def test_missing_media_counts_each_file_once(gqa, out, caplog):
+    prepare("gqa", gqa, out)  # two train questions share an image
+    assert "3 of 3 media files are missing" in warnings(caplog)
+
+
 # --- MSR-VTT captions ---
 
 
@@ -625,6 +667,39 @@ def test_msvd_qa_needs_the_mapping(msvd_qa):
         prepare("msvd-qa", msvd_qa)
 
 
+def test_msvd_qa_converts_the_splits_present(msvd_qa, out, caplog):
+    (msvd_qa / "train_qa.json").unlink()
+    (msvd_qa / "val_qa.json").unlink()
+    with caplog.at_level(logging.INFO):
+        paths = prepare("msvd-qa", msvd_qa, out)
+    assert paths == [out / "test.jsonl"]
+    assert [s.id for s in read_manifest(out / "test.jsonl")] == [
+        "msvd-qa-test-43321",
+        "msvd-qa-test-43322",
+    ]
+    assert f"train split skipped: {msvd_qa / 'train_qa.json'} not found" in caplog.text
+    assert f"val split skipped: {msvd_qa / 'val_qa.json'} not found" in caplog.text
+
+
+def test_msvd_qa_split_without_the_mapping(msvd_qa):
+    (msvd_qa / "train_qa.json").unlink()
+    (msvd_qa / "youtube_mapping.txt").unlink()
+    with pytest.raises(
+        ConverterError,
+        match=r"youtube_mapping.txt: not found \(the val split needs it beside val_qa.json\)",
+    ):
+        prepare("msvd-qa", msvd_qa)
+
+
+def test_msvd_qa_mapping_alone_is_no_split(msvd_qa):
+    for split in ("train", "val", "test"):
+        (msvd_qa / f"{split}_qa.json").unlink()
+    with pytest.raises(
+        ConverterError, match=r"no annotation files found; expected .*test_qa.json.* \(each beside"
+    ):
+        prepare("msvd-qa", msvd_qa)
+
+
 def test_msvd_qa_malformed_mapping_line(msvd_qa):
     write_text(msvd_qa / "youtube_mapping.txt", "a vid1\nb c vid2\n")
     with pytest.raises(ConverterError, match=r"youtube_mapping\.txt: line 2: expected"):
@@ -771,3 +846,93 @@ def test_clotho_missing_column(clotho):
     write_text(path, "file_name,caption_1\na.wav,x\n")
     with pytest.raises(ConverterError, match=rf"{at(path)}: header lacks column.*caption_2"):
         prepare("clotho", clotho)
+
+
+# --- Annotation files that are not what they seem ---
+
+
+def test_cp949_csv_names_file_offset_line_and_encoding(clotho):
+    path = clotho / "clotho_captions_validation.csv"
+    header = "file_name,caption_1,caption_2,caption_3,caption_4,caption_5\n"
+    data = (header + "rain.wav,비가 내린다,rain,drops,falls,water\n").encode("cp949")
+    path.write_bytes(data)
+    offset = len(header) + len("rain.wav,")
+    with pytest.raises(ConverterError) as err:
+        prepare("clotho", clotho)
+    message = str(err.value)
+    assert message.startswith(
+        f"clotho: {path}: not UTF-8 text (byte 0x{data[offset]:02x} at offset {offset}, line 2); "
+        "it looks like CP949 (Korean); re-encode it to UTF-8, e.g. `iconv -f CP949 -t UTF-8 "
+        f"{shlex.quote(str(path))} > "
+    )
+
+
+def test_latin1_json_names_file_offset_line_and_encoding(msvd_qa):
+    path = msvd_qa / "test_qa.json"
+    text = '[\n{"answer": "café", "id": 1, "question": "what is it?", "video_id": 1}\n]\n'
+    path.write_bytes(text.encode("latin-1"))
+    offset = text.index("é")
+    with pytest.raises(ConverterError) as err:
+        prepare("msvd-qa", msvd_qa)
+    message = str(err.value)
+    assert f"{path}: not UTF-8 text (byte 0xe9 at offset {offset}, line 2)" in message
+    assert "it looks like Windows-1252 / Latin-1" in message
+    assert "iconv -f CP1252 -t UTF-8" in message
+
+
+def test_undecodable_file_without_a_guess(msvd_qa):
+    path = msvd_qa / "val_qa.json"
+    path.write_bytes('[{"answer": "собака лает на улице"}]'.encode("cp1251"))  # no cheap guess
+    with pytest.raises(ConverterError, match=r"could not be guessed.*iconv -f ITS-ENCODING"):
+        prepare("msvd-qa", msvd_qa)
+
+
+def test_cli_prints_an_encoding_error_in_one_line(clotho, capsys):
+    path = clotho / "clotho_captions_evaluation.csv"
+    path.write_bytes("file_name,caption_1\nx.wav,é\n".encode("latin-1"))
+    assert main(["data", "prepare", "clotho", "--root", str(clotho)]) == 1
+    error = capsys.readouterr().err.strip()
+    assert error.startswith(f"epalm data prepare: clotho: {path}: not UTF-8 text")
+    assert "\n" not in error and "Traceback" not in error
+
+
+def test_utf8_bom_is_skipped(coco, out):
+    path = coco / "dataset_coco.json"
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())  # what some Windows editors write
+    assert len(read_manifest(prepare("coco", coco, out)[0])) == 2
+
+
+LFS_POINTER = (
+    "version https://git-lfs.github.com/spec/v1\n"
+    "oid sha256:6f5e1b3c2a0d9e8f7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d1e0f9a8b7c6d5e4f\n"
+    "size 145203987\n"
+)
+
+
+@pytest.mark.parametrize(
+    ("name", "dataset", "file"),
+    [
+        ("coco", "coco", "dataset_coco.json"),
+        ("audiocaps", "audiocaps", "val.csv"),
+        ("msvd-qa", "msvd_qa", "youtube_mapping.txt"),
+    ],
+)
+def test_git_lfs_pointer_is_named(request, name, dataset, file):
+    root = request.getfixturevalue(dataset)
+    write_text(root / file, LFS_POINTER)
+    with pytest.raises(ConverterError) as err:
+        prepare(name, root)
+    assert str(err.value) == (
+        f"{name}: {root / file}: is a Git LFS pointer (145,203,987 bytes of the real file not "
+        "downloaded); run `git lfs pull` in its repository, or download the real file"
+    )
+
+
+def test_git_annex_link_without_content_is_named(audiocaps):
+    path = audiocaps / "test.csv"
+    path.unlink()
+    path.symlink_to(".git/annex/objects/Pq/3x/SHA256E-s402246--0a1b.csv/SHA256E-s402246--0a1b.csv")
+    with pytest.raises(
+        ConverterError, match=rf"{at(path)}: a git-annex link whose content is not here; run `git"
+    ):
+        prepare("audiocaps", audiocaps)

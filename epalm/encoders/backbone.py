@@ -56,10 +56,19 @@ class HFPerceiver(Perceiver):
         *,
         summary: str = "auto",
         final_norm: bool = True,
+        backbone_overrides: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         self.source = {"model": model, "model_config": model_config, "seed": seed}
-        self.backbone = load_model(self.loader, model, model_config, seed)
+        # config values set at load, e.g. eP-ALM's TimeSformer drop-path {drop_path_rate: 0.1}
+        # (it acts only in training mode: see Perceiver.dropout_in_training)
+        self.backbone_overrides = dict(backbone_overrides or {})
+        if model_config is not None:
+            model_config = {**model_config, **self.backbone_overrides}
+            self.backbone = load_model(self.loader, None, model_config, seed)
+        else:
+            self.backbone = load_model(self.loader, model, None, seed, **self.backbone_overrides)
+        self._check_overrides()
         # HF replaces hidden_states[-1] by last_hidden_state for some models (already normed for
         # Whisper, not for ViT); turning that off makes every level a raw block output.
         self.backbone.config.tie_last_hidden_states = False
@@ -84,5 +93,17 @@ class HFPerceiver(Perceiver):
         # The first state is the embedding output, not a block: keep the last num_levels.
         return [norm(h) for h in states[-self.num_levels :]]
 
+    def _check_overrides(self) -> None:
+        """HF configs keep any unknown key without a word: refuse one the model never reads."""
+        config = self.backbone.config
+        known = type(config)().to_dict()
+        for key, value in self.backbone_overrides.items():
+            if key not in known or getattr(config, key, None) != value:
+                raise ValueError(
+                    f"backbone_overrides: {type(config).__name__} has no setting {key!r} "
+                    f"(or did not take {value!r}); it would silently do nothing"
+                )
+
     def config(self) -> dict[str, Any]:
-        return {**self.source, "summary": self.summary, "final_norm": self.final_norm}
+        extra = {"backbone_overrides": self.backbone_overrides} if self.backbone_overrides else {}
+        return {**self.source, "summary": self.summary, "final_norm": self.final_norm, **extra}

@@ -91,13 +91,28 @@ class Perceiver(nn.Module, ABC):
         """Per-layer summaries ``[batch, num_levels, hidden_size]``, shallow to deep."""
         return torch.stack([self.summarize(h) for h in self.hidden_states(**inputs)], dim=1)
 
+    #: Whether ``train()`` really switches to training mode (dropout, drop-path on; still no
+    #: gradients), as eP-ALM's code runs its frozen encoders. Off: always in eval.
+    dropout_in_training: bool = False
+
     def freeze(self) -> Perceiver:
-        """Frozen for good: no gradients, and ``train()`` can never switch dropout back on."""
+        """Frozen: no gradients, and ``train()`` switches dropout back on only when
+        ``dropout_in_training`` is set."""
         self.requires_grad_(False)
         return self.eval()
 
     def train(self, mode: bool = True) -> Perceiver:
-        return super().train(False)
+        return super().train(mode and self.dropout_in_training)
+
+    def stochastic_layers(self) -> list[str]:
+        """Names of the submodules that act differently in training mode (dropout, drop-path
+        with a rate above 0): features cached in eval mode cannot stand for them."""
+        return [
+            name
+            for name, module in self.named_modules()
+            if (isinstance(module, nn.Dropout) and module.p > 0)
+            or float(getattr(module, "drop_prob", 0.0) or 0.0) > 0
+        ]
 
     def prepare(self, media: Sequence[Any], *, train: bool = False) -> dict[str, torch.Tensor]:
         """A list of raw media -> one batch of inputs (preprocess each, then collate)."""

@@ -5,6 +5,9 @@ Clips are cut to the backbone's frame count with eP-ALM's segment sampling (``ep
 
 from __future__ import annotations
 
+import os
+import zlib
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -15,6 +18,30 @@ from epalm.encoders.base import Perceiver
 from epalm.encoders.image import ImagePreprocessing, image_stats
 from epalm.encoders.registry import build_perceiver, register_perceiver
 
+# Which frame of each segment a test clip shows: the middle one, or, as eP-ALM's code
+# (``sample_type: 'rand'`` at evaluation too, dataset/video_vqa.py:146, video_caption.py:182),
+# a random one, drawn from a seed of the clip's own so that every evaluation sees the same.
+TEST_FRAMES = ("middle", "random")
+
+
+def _check_test_frames(test_frames: str) -> str:
+    if test_frames not in TEST_FRAMES:
+        raise ValueError(f"test_frames={test_frames!r} is not one of {', '.join(TEST_FRAMES)}")
+    return test_frames
+
+
+def draw_frames(
+    read: Callable[..., Any], media: Any, num_frames: int, *, train: bool, test_frames: str
+) -> Any:
+    """``read(media, num_frames, train=...)`` with segment frames random in training and, when
+    ``test_frames="random"``, at test too (seeded by the clip's path)."""
+    if train or test_frames == "middle":
+        return read(media, num_frames, train=train)
+    seed = zlib.crc32(os.fspath(media).encode()) if isinstance(media, (str, os.PathLike)) else 0
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return read(media, num_frames, train=True)
+
 
 # --- HF video transformers ---------------------------------------------------------------------
 @register_perceiver("video")
@@ -23,8 +50,9 @@ class HFVideoPerceiver(ImagePreprocessing, HFPerceiver):
 
     modality = "video"
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:  # HFPerceiver's arguments
-        super().__init__(*args, **kwargs)
+    def __init__(self, *args: Any, test_frames: str = "middle", **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)  # HFPerceiver's arguments
+        self.test_frames = _check_test_frames(test_frames)
         config = self.backbone.config
         self.num_frames = config.num_frames
         self.image_size = config.image_size
@@ -32,8 +60,13 @@ class HFVideoPerceiver(ImagePreprocessing, HFPerceiver):
 
     def preprocess(self, media: Any, *, train: bool = False) -> dict[str, torch.Tensor]:
         # one transform call for the whole clip: in training every frame gets the same crop
-        clip = load_clip(media, self.num_frames, train=train)
+        clip = draw_frames(
+            load_clip, media, self.num_frames, train=train, test_frames=self.test_frames
+        )
         return {"pixel_values": self.transform(train)(clip)}
+
+    def config(self) -> dict[str, Any]:
+        return {**super().config(), "test_frames": self.test_frames}
 
 
 # --- any image perceiver, frame by frame -------------------------------------------------------
@@ -51,8 +84,15 @@ class FramesPerceiver(Perceiver):
     modality = "video"
     POOLS = ("mean", "mean+delta")
 
-    def __init__(self, image: dict[str, Any], num_frames: int = 8, pool: str = "mean") -> None:
+    def __init__(
+        self,
+        image: dict[str, Any],
+        num_frames: int = 8,
+        pool: str = "mean",
+        test_frames: str = "middle",
+    ) -> None:
         super().__init__()
+        self.test_frames = _check_test_frames(test_frames)
         if pool not in self.POOLS:
             raise ValueError(
                 f"FramesPerceiver pools frames by {' or '.join(self.POOLS)}, not {pool!r}"
@@ -66,7 +106,9 @@ class FramesPerceiver(Perceiver):
         self.summary = self.image.summary
 
     def preprocess(self, media: Any, *, train: bool = False) -> dict[str, torch.Tensor]:
-        frames = sample_frames(media, self.num_frames, train=train)
+        frames = draw_frames(
+            sample_frames, media, self.num_frames, train=train, test_frames=self.test_frames
+        )
         # replay one random state for every frame, so augmentation is the same across the clip
         seed = int(torch.randint(2**31, ()))
         processed = [self._preprocess_frame(frame, seed, train) for frame in frames]
@@ -92,4 +134,9 @@ class FramesPerceiver(Perceiver):
 
     def config(self) -> dict[str, Any]:
         image = {"name": self.image.registry_name, **self.image.config()}
-        return {"image": image, "num_frames": self.num_frames, "pool": self.pool}
+        return {
+            "image": image,
+            "num_frames": self.num_frames,
+            "pool": self.pool,
+            "test_frames": self.test_frames,
+        }

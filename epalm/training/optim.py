@@ -1,28 +1,95 @@
-"""eP-ALM's optimisation: AdamW with one learning rate for the projections and another for the
-soft prompt, weight decay on weights only, and a cosine schedule to ``min_lr`` after a warmup."""
+"""Optimisation recipes, by name (``train.optimizer``): which parameter groups AdamW gets and
+how their learning rates move.
+
+- ``epalm`` (the default): projections and prompt each split into decayed weights and undecayed
+  biases (HF's convention), every group warmed up from 0 and decayed per step by a cosine to
+  ``min_lr``.
+- ``ep-alm-vqa`` and ``ep-alm-caption``: what eP-ALM's released code does (mshukor/eP-ALM at
+  9ecfeb9), its VQA scripts and its caption scripts respectively; ``faithful=true`` picks the one
+  for the task. Both warm up in eP-ALM's stairs and decay per epoch, and, as its
+  ``scheduler_groups: 0`` does, only the first group follows the schedule; the other keeps its lr.
+"""
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
-from epalm.training.settings import TrainSettings
+if TYPE_CHECKING:  # settings import the recipes' names from here
+    from epalm.training.settings import TrainSettings
+
+# eP-ALM's warmup (accelerate_training/vqa.py:57,120-122, caption.py:48,98-99): the scheduler
+# is stepped every 100 iterations of the first epoch, 4 times, from its configs' warmup_lr,
+# which is half the lr in every released config.
+EP_ALM_STAIRS, EP_ALM_STAIR_STEPS, EP_ALM_WARMUP_FROM = 4, 100, 0.5
 
 
+@dataclass(frozen=True)
+class Schedule:
+    """What a recipe needs to know of the run to build its schedule."""
+
+    total_steps: int
+    steps_per_epoch: int
+
+
+Recipe = Callable[[nn.Module, "TrainSettings", Schedule], tuple[torch.optim.AdamW, object]]
+_RECIPES: dict[str, Recipe] = {}
+
+
+def register_recipe(name: str) -> Callable[[Recipe], Recipe]:
+    """Add an optimisation recipe: ``fn(model, train_settings, schedule) -> (optimizer,
+    lr_scheduler)``, chosen with ``train.optimizer=NAME``."""
+
+    def add(fn: Recipe) -> Recipe:
+        _RECIPES[name] = fn
+        return fn
+
+    return add
+
+
+def recipes() -> list[str]:
+    return sorted(_RECIPES)
+
+
+def check_recipe(name: str) -> None:
+    if name not in _RECIPES:
+        raise ValueError(f"train.optimizer={name!r} is not one of {', '.join(recipes())}")
+
+
+def build_optimization(
+    model: nn.Module, train: TrainSettings, schedule: Schedule
+) -> tuple[torch.optim.AdamW, torch.optim.lr_scheduler.LambdaLR]:
+    """The optimizer and lr schedule of ``train.optimizer``'s recipe."""
+    check_recipe(train.optimizer)
+    return _RECIPES[train.optimizer](model, train, schedule)
+
+
+def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
+    named = [(name, p) for name, p in model.named_parameters() if p.requires_grad]
+    if not named:
+        raise ValueError("the model has no trainable parameters")
+    return named
+
+
+def _adamw(groups: list[dict]) -> torch.optim.AdamW:
+    # an empty group (no soft prompt) would only shift the others' indices
+    return torch.optim.AdamW([g for g in groups if g["params"]])
+
+
+# --- epalm's own ---------------------------------------------------------------------------------
 def optimizer_for(model: nn.Module, train: TrainSettings) -> torch.optim.AdamW:
     """Param groups: projections and prompt, each split into decayed weights and undecayed
     biases (HF's convention). Only trainable tensors are handed to the optimizer."""
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
-    for name, param in model.named_parameters():
-        if not param.requires_grad:
-            continue
+    for name, param in _trainable(model):
         part = "prompt" if name.startswith("prompt.") else "connectors"
         groups.setdefault((part, param.ndim >= 2), []).append(param)
-    if not groups:
-        raise ValueError("the model has no trainable parameters")
-    return torch.optim.AdamW(
+    return _adamw(
         [
             {
                 "params": params,
@@ -54,3 +121,91 @@ def cosine_schedule(
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, [factor(group["lr"]) for group in optimizer.param_groups]
     )
+
+
+@register_recipe("epalm")
+def _epalm(model: nn.Module, train: TrainSettings, schedule: Schedule):
+    optimizer = optimizer_for(model, train)
+    return optimizer, cosine_schedule(
+        optimizer,
+        total_steps=schedule.total_steps,
+        warmup_steps=round(train.warmup_ratio * schedule.total_steps),
+        min_lr=train.min_lr,
+    )
+
+
+# --- eP-ALM's code as released ----------------------------------------------------------------
+@register_recipe("ep-alm-vqa")
+def _ep_alm_vqa(model: nn.Module, train: TrainSettings, schedule: Schedule):
+    """eP-ALM's VQA scripts hand ``config['optimizer']`` to ``create_optimizer``
+    (accelerate_training/vqa.py:377, gqa.py:354, video_qa.py:366), whose ``prompt_lr`` branch
+    (optim/optim_factory.py:111-117) makes two groups: everything but the prompt at the lr, then
+    the prompt at ``prompt_lr``, and AdamW's weight decay applies to both, biases included
+    (optim_factory.py:130). Only the first group is scheduled."""
+    named = _trainable(model)
+    prompt = [p for name, p in named if name.startswith("prompt.")]
+    other = [p for name, p in named if not name.startswith("prompt.")]
+    decay = train.weight_decay
+    optimizer = _adamw(
+        [
+            {"params": other, "lr": train.lr, "weight_decay": decay, "name": "other"},
+            {"params": prompt, "lr": train.prompt_lr, "weight_decay": decay, "name": "prompt"},
+        ]
+    )
+    return optimizer, ep_alm_schedule(optimizer, train, schedule)
+
+
+@register_recipe("ep-alm-caption")
+def _ep_alm_caption(model: nn.Module, train: TrainSettings, schedule: Schedule):
+    """eP-ALM's caption scripts hand the whole config, not its ``optimizer`` section, to
+    ``create_optimizer`` (accelerate_training/caption.py:293, video_caption.py:319,
+    audio_caption.py:302), so ``prompt_lr`` is never found and the plain branch runs
+    (optim_factory.py:118-123, 24-37): biases and other 1-D tensors undecayed, then every weight,
+    prompt included, decayed, both at the lr. Only the first group, the biases, is scheduled;
+    the weights and the prompt train at a constant lr."""
+    named = _trainable(model)
+    flat = [p for name, p in named if p.ndim <= 1 or name.endswith(".bias")]
+    weights = [p for name, p in named if not (p.ndim <= 1 or name.endswith(".bias"))]
+    optimizer = _adamw(
+        [
+            {"params": flat, "lr": train.lr, "weight_decay": 0.0, "name": "bias"},
+            {
+                "params": weights,
+                "lr": train.lr,
+                "weight_decay": train.weight_decay,
+                "name": "weight",
+            },
+        ]
+    )
+    return optimizer, ep_alm_schedule(optimizer, train, schedule)
+
+
+def ep_alm_schedule(
+    optimizer: torch.optim.Optimizer, train: TrainSettings, schedule: Schedule
+) -> torch.optim.lr_scheduler.LambdaLR:
+    """eP-ALM's timm cosine scheduler as its training loops step it (scheduler/cosine_lr.py,
+    accelerate_training/vqa.py:120-122,439-440), on the first group only (``scheduler_groups:
+    0``, scheduler/scheduler.py update_groups): in the first epoch, stairs from half the lr,
+    stepped every 100 steps, then the lr itself; from epoch e >= 1 on, the cosine of e over the
+    configured epochs, down to ``min_lr``."""
+    epochs = max(train.epochs, 1e-9)
+    per_epoch = max(1, schedule.steps_per_epoch)
+
+    def first_group(base_lr: float):
+        floor = min(train.min_lr / base_lr, 1.0) if base_lr > 0 else 0.0
+
+        def at(step: int) -> float:
+            epoch = step // per_epoch
+            if epoch == 0:
+                # stepped after the optimizer at iterations 0, 100, ...: 101 steps on stair 0
+                stair = min(max(step - 1, 0) // EP_ALM_STAIR_STEPS, EP_ALM_STAIRS)
+                return EP_ALM_WARMUP_FROM + (1 - EP_ALM_WARMUP_FROM) * stair / EP_ALM_STAIRS
+            if epoch >= epochs:  # timm's cycle_limit=1: past the cycle, min_lr
+                return floor
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+        return at
+
+    factors = [first_group(optimizer.param_groups[0]["lr"])]
+    factors += [lambda step: 1.0] * (len(optimizer.param_groups) - 1)
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factors)

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from epalm.config import (
+    PREFIX_POSITIONS,
     ConnectorConfig,
     EPALMConfig,
     InjectionConfig,
@@ -74,6 +75,8 @@ class TrainSettings:
     warmup_ratio: float = 0.05
     min_lr: float = 1e-6
     max_grad_norm: float | None = 1.0
+    optimizer: str = "epalm"  # the recipe: param groups and schedule (epalm.training.optim)
+    frozen_dropout: bool = False  # frozen LM and encoder in training mode (no gradients)
     mixed_precision: str = "auto"
     features: str = "auto"  # auto: the feature cache unless augment; "cache"; "media"
     augment: bool = False  # training-time media augmentation (then features come from media)
@@ -133,6 +136,7 @@ class RunSettings:
     run_dir: str
     demo: DemoSettings = field(default_factory=DemoSettings)
     seed: int = 0
+    faithful: bool = False  # eP-ALM's code as released, where it differs (epalm.training.faithful)
     resume: str = "auto"  # "auto": continue from the run directory's last checkpoint; "never"
     checkpoint: str | None = None  # eval / predict / demo: a saved model (default <run_dir>/final)
     model_cache: str | None = None
@@ -170,6 +174,10 @@ def from_container(data: dict[str, Any]) -> RunSettings:
         )
     data["encoder"] = encoder["perceiver"]
     settings = _build(RunSettings, data, "")
+    if settings.faithful:
+        from epalm.training.faithful import as_released
+
+        as_released(settings)
     _check(settings)
     return settings
 
@@ -223,6 +231,7 @@ def _check(s: RunSettings) -> None:
     _one_of("task.vqa_eval", s.task.vqa_eval, VQA_EVAL_VERSIONS)
     _one_of("resume", s.resume, ("auto", "never"))
     _one_of("data.on_bad_sample", s.data.on_bad_sample, ("skip", "error"))
+    _one_of("injection.prefix_positions", s.injection.prefix_positions, PREFIX_POSITIONS)
     if s.encoder.num_levels and s.connector.levels > s.encoder.num_levels:
         raise SettingsError(
             f"connector.levels={s.connector.levels} but the encoder has {s.encoder.num_levels} "

@@ -20,6 +20,7 @@ from epalm.data.manifest import Sample
 from epalm.model import EPALM
 from epalm.tasks.collate import Collator, is_empty, model_inputs, to_device
 from epalm.training import checkpoint as ckpt
+from epalm.training import faithful
 from epalm.training.data import (
     Positioned,
     StepSampler,
@@ -32,7 +33,7 @@ from epalm.training.data import (
 )
 from epalm.training.evaluate import evaluate, headline, log_summary, predict_samples, score
 from epalm.training.features import features_for
-from epalm.training.optim import cosine_schedule, optimizer_for
+from epalm.training.optim import Schedule, build_optimization, check_recipe
 from epalm.training.settings import RunSettings, SettingsError
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,11 @@ class Trainer:
         self.s, self.acc = settings, accelerator
         self.run_dir = Path(settings.run_dir)
         set_seed(settings.seed)  # the connector's initialisation, identical on every process
+        check_recipe(settings.train.optimizer)
+        if settings.faithful:
+            log.info(faithful.summary(settings))
         self.model = EPALM(settings.model_config())
+        self.model.frozen_dropout = settings.train.frozen_dropout
         self.model.to(accelerator.device)
         report = self.model.parameter_report()
         log.info(
@@ -80,9 +85,7 @@ class Trainer:
         val = load_split(s, "val") if "val" in s.data.splits else []
         self.val_samples = subset(val, s.train.val_samples, s.seed)
         self.test_samples = eval_samples(s)
-        use_cache = s.train.features == "cache" or (
-            s.train.features == "auto" and not s.train.augment
-        )
+        use_cache = self._use_cache()
         everything = [*self.train_samples, *self.val_samples, *self.test_samples]
         features = (
             features_for(s, self.model.perceivers[s.modality], everything, self.acc)
@@ -101,6 +104,30 @@ class Trainer:
         self.train_set = self._dataset(self.train_samples, train=True)
         self.val_set = self._dataset(self.val_samples, train=False) if self.val_samples else None
 
+    def _use_cache(self) -> bool:
+        """Frozen features from the cache, unless augmenting, or unless the encoder's dropout
+        acts in training (``train.frozen_dropout``): cached features were computed without it."""
+        s = self.s
+        if s.train.features == "media" or (s.train.features == "auto" and s.train.augment):
+            return False
+        noisy = (
+            self.model.perceivers[s.modality].stochastic_layers() if s.train.frozen_dropout else []
+        )
+        if not noisy:
+            return True
+        if s.train.features == "cache":
+            raise SettingsError(
+                f"train.features=cache cannot apply the encoder's dropout or drop-path ({noisy[0]}"
+                f" and {len(noisy) - 1} more) that train.frozen_dropout turns on; set "
+                "train.features=media or train.frozen_dropout=false"
+            )
+        log.info(
+            "features from media: the encoder's dropout / drop-path (%d layers) acts in "
+            "training (train.frozen_dropout)",
+            len(noisy),
+        )
+        return False
+
     def _dataset(self, samples: list[Sample], *, train: bool) -> Any:
         return sample_dataset(samples, self.s, self.model.perceivers, self.features, train=train)
 
@@ -111,12 +138,9 @@ class Trainer:
         total = s.train.max_steps or math.ceil(
             s.train.epochs * len(self.train_samples) / s.train.batch_size
         )
-        optimizer = optimizer_for(self.model, s.train)
-        scheduler = cosine_schedule(
-            optimizer,
-            total_steps=total,
-            warmup_steps=round(s.train.warmup_ratio * total),
-            min_lr=s.train.min_lr,
+        per_epoch = math.ceil(len(self.train_samples) / s.train.batch_size)
+        optimizer, scheduler = build_optimization(
+            self.model, s.train, Schedule(total_steps=total, steps_per_epoch=per_epoch)
         )
         state = {"step": 0, "best": None, "best_step": None, "history": []}
         latest = ckpt.latest_checkpoint(self.run_dir) if s.resume == "auto" else None

@@ -3,7 +3,7 @@
 ``prepare(name, root)`` reads the official files under ``root`` and writes ``train.jsonl``,
 ``val.jsonl`` and ``test.jsonl`` (the splits found) with media paths pointing at the files under
 ``root``. Each module's docstring lists the files it expects and how it makes the splits.
-Media files are not opened (they may be downloaded later) unless ``check_media=True``.
+Media files are not opened (they may be downloaded later), only counted when missing.
 """
 
 from __future__ import annotations
@@ -46,8 +46,9 @@ def prepare(
     (default: ``root``); return the manifests written.
 
     ``media_pattern`` overrides where the dataset's media files lie under ``root`` (a
-    ``str.format`` pattern; each module documents its fields). ``check_media`` makes a missing
-    media file an error instead of a problem for later.
+    ``str.format`` pattern; each module documents its fields). Missing media files are counted
+    in a warning; ``check_media`` makes them an error that lists them all (in
+    ``out/missing_media.txt``) and writes no manifest.
     """
     if name not in CONVERTERS:
         raise ConverterError(

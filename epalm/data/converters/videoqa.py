@@ -2,13 +2,13 @@
 
 Both come as ``{train,val,test}_qa.json``: lists of ``{question, answer, id, video_id}``
 (``video_id`` is the video's number; a derived release's ``video``, e.g. ``"video7010"`` or
-``"vid1"``, is read too). Expected under ``--root`` (each split converted when its files are
-there):
+``"vid1"``, is read too). Expected under ``--root`` (each split converted when its file is
+there, the others skipped):
 
 - MSRVTT-QA: ``{train,val,test}_qa.json``; the MSR-VTT clips as ``videos/video{N}.mp4``
   (N: the question's ``video_id``), as for the ``msrvtt`` converter.
 - MSVD-QA: ``{train,val,test}_qa.json`` and ``youtube_mapping.txt`` (lines ``{clip} vid{N}``,
-  mapping video number N to its YouTube clip name); the MSVD clips as
+  mapping video number N to its YouTube clip name; every split needs it); the MSVD clips as
   ``YouTubeClips/{clip}.avi`` (the folder ``YouTubeClips.tar`` unpacks).
 
 Splits: the files' own. Ids ``msrvtt-qa-{split}-{id}`` / ``msvd-qa-{split}-{id}``: the split is
@@ -27,9 +27,9 @@ from epalm.data.converters._common import (
     ConverterError,
     Entry,
     load_json,
+    load_lines,
     media_path,
     present_splits,
-    require,
 )
 from epalm.data.manifest import Sample
 
@@ -61,10 +61,11 @@ def _convert(
     fields: Callable[[int, Entry], dict[str, str]],
     media_pattern: str,
 ) -> list[Sample]:
-    """``fields(video number, entry)``: the video's fields, for the media pattern and extras."""
-    files = {split: [f"{split}_qa.json", *shared] for split in SPLITS}
+    """``shared``: files every split needs beside its own; ``fields(video number, entry)``: the
+    video's fields, for the media pattern and extras."""
+    files = {split: [f"{split}_qa.json"] for split in SPLITS}
     samples = []
-    for split, (path, *_) in present_splits(root, files).items():
+    for split, (path, *_) in present_splits(root, files, shared).items():
         for i, item in enumerate(_list(path)):
             entry = Entry(item, f"entry {i}", str(path))
             video = fields(_video_number(entry), entry)
@@ -112,7 +113,7 @@ def _video_number(entry: Entry) -> int:
 def _mapping(path: Path) -> dict[str, str]:
     """``vid{N}`` -> YouTube clip name, from ``youtube_mapping.txt``."""
     mapping = {}
-    for number, line in enumerate(require(path).read_text(encoding="utf-8").splitlines(), 1):
+    for number, line in enumerate(load_lines(path), 1):
         words = line.split()
         if not words:
             continue
