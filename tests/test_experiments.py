@@ -183,3 +183,20 @@ def test_tiny_presets_compose_into_a_smoke_run():
             "train.max_steps=2",
         )
         assert run.lm.model_config["model_type"] == "llama" and run.encoder.num_levels == 4
+
+
+@pytest.mark.parametrize(
+    ("overrides", "version"),
+    [
+        (["experiment=vqav2", ROOT], "2017"),  # the code its published numbers used
+        (["experiment=gqa", ROOT], "2017"),
+        (["data=vqav2", ROOT], "2017"),
+        (["experiment=msrvtt-qa", ROOT], "2021"),
+        (["modality=image", "task=vqa"], "2021"),  # the embedded main job
+        (["data.embedded=false", "+data.root=/anywhere"], "2021"),  # a user's manifests
+        (["experiment=vqav2", ROOT, "task.vqa_eval=2021"], "2021"),  # said, it wins
+    ],
+)
+def test_vqa_code_follows_the_dataset(overrides, version):
+    run, _ = compose(*overrides)
+    assert run.task.vqa_eval == version

@@ -309,3 +309,38 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path):
     assert one_curve[-1] < one_curve[0]  # it trains
     for a, b in zip(one_curve, two_curve):
         assert abs(a - b) < 1e-4 * abs(a)
+
+
+def _with_number_words(root: Path, split: str, count: int) -> list[str]:
+    """Give ``count`` questions of a manifest ten identical number-word answers ("one", as a
+    person writes them); their ids."""
+    path = root / f"{split}.jsonl"
+    lines = [json.loads(line) for line in path.read_text().splitlines()]
+    changed = []
+    for line in lines:
+        if "answers" in line and len(changed) < count:
+            line["answers"] = ["one"] * 10
+            changed.append(line["id"])
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    return changed
+
+
+@pytest.mark.parametrize(("vqa_eval", "unanswerable"), [("auto", 0), ("2017", 3)])
+def test_a_manifest_dataset_is_scored_so_that_natural_answers_can_score(
+    tmp_path, vqa_eval, unanswerable
+):
+    import shutil
+
+    from epalm.training.data import data_root
+
+    args = tiny(tmp_path, "image", "vqa", "train.max_steps=1", "eval.blind=false")
+    root = tmp_path / "mine"
+    shutil.copytree(data_root(settings(args)[0]), root)
+    changed = _with_number_words(root, "test", 3)
+    args += ["data.embedded=false", f"+data.root={root}", f"task.vqa_eval={vqa_eval}"]
+    assert main(["train", *args]) == 0
+    scores = json.loads((tmp_path / "run" / "eval" / "test" / "scores.json").read_text())
+    assert scores["vqa_eval"] == ("2021" if vqa_eval == "auto" else "2017")  # a manifest: 2021
+    assert scores["seen"]["vqa_eval"] == scores["vqa_eval"]
+    assert scores["unanswerable"] == unanswerable
+    assert scores["unanswerable_ids"] == changed[:unanswerable]

@@ -10,10 +10,13 @@ from epalm.tasks import (
     exact_match,
     majority_answer,
     normalize_answer,
+    training_target,
+    unanswerable_questions,
     vqa_accuracy,
     vqa_scores,
     write_predictions,
 )
+from epalm.tasks.vqa import answerable
 
 
 @pytest.mark.parametrize(
@@ -91,10 +94,61 @@ def test_official_quirks_on_the_annotators_side():
     assert vqa_accuracy("two", ["two"] * 4 + ["cat"] * 6) == 0.0  # "2" never meets "two"
 
 
-def test_majority_answer_is_the_target():
-    assert majority_answer(["Two", "2", "3"]) == "2"  # normalised before counting
+def test_majority_answer_is_the_answer_as_written():
+    # votes counted over normalised answers, then the group's most common written form
+    assert majority_answer(["Two", "2", "3"]) == "two"  # "two" and "2" tie: the first
+    assert majority_answer(["2", " two", "2", "3", "3"]) == "2"
     assert majority_answer(["Red", "blue", "red", "blue"]) == "red"  # a tie: the first
-    assert majority_answer(["a cat"]) == "cat"
+    assert majority_answer(["a cat"]) == "a cat"  # trimmed and lower-cased, nothing else
+    assert majority_answer(["one"] * 10) == "one"
+
+
+# Answers written the natural way: number words, articles, contractions, punctuation. Each
+# trained-on target must score 1.0 under the code a manifest dataset is scored with (2021).
+NATURAL = {
+    "number word": ["one"] * 10,
+    "number word, split": ["seven"] * 7 + ["7"] * 3,
+    "article": ["a dog"] * 10,
+    "article, split": ["a dog"] * 6 + ["dog"] * 4,
+    "contraction": ["don't know"] * 10,
+    "contraction, split": ["dont know"] * 5 + ["don't know"] * 5,
+    "punctuation": ["yes!"] * 10,
+    "punctuation, split": ["yes!"] * 4 + ["yes"] * 6,
+}
+
+
+@pytest.mark.parametrize("answers", NATURAL.values(), ids=NATURAL.keys())
+def test_the_target_of_natural_answers_scores_in_full_under_2021(answers):
+    target = training_target(answers, "2021")
+    assert vqa_accuracy(target, answers, "2021") == 1.0
+    assert answerable(answers, "2021")
+
+
+def test_unanimous_number_words_cannot_score_under_2017_and_are_noticed():
+    answers = ["one"] * 10
+    # what the issue saw: neither the word nor the digit ever matches
+    assert vqa_accuracy("one", answers, "2017") == vqa_accuracy("1", answers, "2017") == 0.0
+    assert not answerable(answers, "2017") and answerable(answers, "2021")
+    samples = [qa("q1", answers), qa("q2", ["1"] * 10), qa("q3", ["dog."] * 10)]
+    assert unanswerable_questions(samples, "2017") == ["q1", "q3"]
+    assert unanswerable_questions(samples, "2021") == []
+
+
+def test_vqav2_targets_are_unchanged():
+    # VQAv2's answers are stored normalised: the written majority is the normalised one, and
+    # the 2017 code scores it as before
+    for answers in (["2"] * 7 + ["3"] * 3, ["yes"] * 10, ["tennis racket"] * 4 + ["racket"] * 6):
+        target = training_target(answers, "2017")
+        assert target == normalize_answer(majority_answer(answers)) == majority_answer(answers)
+        assert vqa_accuracy(target, answers, "2017") == 1.0
+
+
+def test_the_target_is_a_form_the_metric_can_match():
+    # unanimous "dog." under 2017: no prediction matches ("dog." normalises to "dog")
+    assert training_target(["Dog."] * 10, "2017") == "dog."
+    # disagreeing annotators under 2017: the punctuation-processed answers are matched
+    answers = ["dog."] * 6 + ["cat"] * 4
+    assert vqa_accuracy(training_target(answers, "2017"), answers, "2017") == 1.0
 
 
 def test_exact_match_against_the_majority_answer():

@@ -14,6 +14,8 @@ _EXPORTS = {
     "clean_caption": "epalm.tasks.caption",
     "normalize_answer": "epalm.tasks.vqa",
     "majority_answer": "epalm.tasks.vqa",
+    "training_target": "epalm.tasks.vqa",
+    "unanswerable_questions": "epalm.tasks.vqa",
     "vqa_accuracy": "epalm.tasks.vqa",
     "exact_match": "epalm.tasks.vqa",
     "clean_answer": "epalm.tasks.vqa",

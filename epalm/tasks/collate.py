@@ -19,7 +19,7 @@ import torch
 
 from epalm.data.manifest import Sample
 from epalm.tasks.caption import caption_target
-from epalm.tasks.vqa import majority_answer
+from epalm.tasks.vqa import training_target
 from epalm.text import encode_prompts
 
 if TYPE_CHECKING:
@@ -36,7 +36,7 @@ class Collator:
 
     ``train`` picks each caption sample's target at random with ``rng`` (seeded, for repeatable
     runs; default ``random.Random(0)``), else its first caption; a question's target is its
-    majority answer either way. The collator keeps the model: DataLoader workers started by
+    majority answer as written, in a form the VQA code of ``vqa_eval`` can score. The collator keeps the model: DataLoader workers started by
     spawn or forkserver get a pickled copy each, so prefer fork (Linux) or no workers there.
     """
 
@@ -47,8 +47,10 @@ class Collator:
         train: bool,
         generation: bool = False,
         rng: random.Random | None = None,
+        vqa_eval: str = "2021",
     ):
         self.model, self.train, self.generation = model, train, generation
+        self.vqa_eval = vqa_eval
         self.rng = rng if rng is not None else random.Random(0)
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -87,7 +89,7 @@ class Collator:
 
     def _target(self, sample: Sample) -> str:
         if sample.task == "vqa":
-            return majority_answer(sample.answers)
+            return training_target(sample.answers, self.vqa_eval)
         return caption_target(sample, self.rng if self.train else None)
 
     def _slots(self, per_item: list[Mapping[str, Any]], samples: list[Sample]) -> dict[str, list]:

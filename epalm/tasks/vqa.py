@@ -103,12 +103,67 @@ def normalize_answer(text: str) -> str:
     return process_digit_article(process_punctuation(_trim(text)))
 
 
+def _written(text: str) -> str:
+    return _trim(text).lower()
+
+
 def majority_answer(answers: Sequence[str]) -> str:
-    """The most frequent normalised answer (ties: the first in order): the training target."""
+    """The annotators' most common answer as written (trimmed, lower-cased): of the answers
+    that normalise alike, the group with the most votes, then its most frequent written form
+    (ties: the first in order). "one" stays "one": the form the annotators wrote."""
     if not answers:
         raise ValueError("a VQA sample needs at least one answer")
-    counts = Counter(normalize_answer(a) for a in answers)
-    return max(counts, key=counts.__getitem__)  # max keeps the first of equals
+    written = [_written(a) for a in answers]
+    normalised = [normalize_answer(a) for a in written]
+    votes = Counter(normalised)
+    best = max(votes, key=votes.__getitem__)  # max keeps the first of equals
+    forms = Counter(w for w, n in zip(written, normalised) if n == best)
+    return max(forms, key=forms.__getitem__)
+
+
+def _candidates(answers: Sequence[str]) -> list[str]:
+    """Every form a right prediction can take: a match must equal an answer as written or
+    normalised (normalisation is idempotent)."""
+    written = [_written(a) for a in answers]
+    return list(dict.fromkeys([*written, *(normalize_answer(a) for a in written)]))
+
+
+def training_target(answers: Sequence[str], version: str = "2021") -> str:
+    """The answer to train on: the majority as written, unless the metric of ``version``
+    cannot score it; then the form of the answers it scores best (VQAv2's answers are
+    normalised already, so there both are the same)."""
+    target = majority_answer(answers)
+    if vqa_accuracy(target, answers, version) > 0:
+        return target
+    best = max(_candidates(answers), key=lambda c: vqa_accuracy(c, answers, version))
+    return best if vqa_accuracy(best, answers, version) > 0 else target
+
+
+def answerable(answers: Sequence[str], version: str = "2021") -> bool:
+    """Whether any prediction can score above 0 under the code of ``version``: the 2017 code
+    never normalises unanimous answers, so ten "one"s can match neither "one" (normalised to
+    "1") nor "1"."""
+    return any(vqa_accuracy(c, answers, version) > 0 for c in _candidates(answers))
+
+
+def unanswerable_questions(samples: Iterable[Sample], version: str = "2021") -> list[str]:
+    """Ids of the questions no prediction can answer right under the code of ``version``."""
+    return [s.id for s in samples if s.answers is not None and not answerable(s.answers, version)]
+
+
+def unanswerable_note(ids: Sequence[str], total: int, version: str, where: str) -> str:
+    """What to tell the user about ``ids``, the unanswerable questions of ``where``."""
+    hint = (
+        "; task.vqa_eval=2021 compares unanimous answers as written"
+        if version == "2017"
+        else "; answers with capitals or stray marks that all annotators share are compared "
+        "as written: lower-case them in the manifest"
+    )
+    return (
+        f"{len(ids)} of {total} {where} questions cannot be answered right under the VQA "
+        f"{version} code: every answer is unmatchable after its normalisation, so they score 0 "
+        f"whatever is predicted (e.g. {', '.join(ids[:5])}){hint}"
+    )
 
 
 def vqa_accuracy(prediction: str, answers: Sequence[str], version: str = "2017") -> float:
@@ -142,7 +197,7 @@ def exact_match(prediction: str, answers: Sequence[str]) -> float:
     The video-QA metric (MSRVTT-QA, MSVD-QA: one answer per question); against the majority
     answer, which is also the training target, rather than against any answer.
     """
-    return float(normalize_answer(prediction) == majority_answer(answers))
+    return float(normalize_answer(prediction) == normalize_answer(majority_answer(answers)))
 
 
 def clean_answer(text: str) -> str:

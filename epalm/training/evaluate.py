@@ -17,7 +17,7 @@ from epalm.data.manifest import Sample
 from epalm.tasks.caption import clean_caption
 from epalm.tasks.cococaption import caption_scores
 from epalm.tasks.collate import Collator, is_empty, model_inputs, to_device
-from epalm.tasks.vqa import clean_answer, vqa_scores
+from epalm.tasks.vqa import clean_answer, unanswerable_note, unanswerable_questions, vqa_scores
 from epalm.training.data import batches, subset
 from epalm.training.sanity import generation_health, sanity_warnings
 from epalm.training.settings import GenerationSettings, RunSettings
@@ -111,6 +111,8 @@ def evaluate(
         report[mode]["generations"] = generation_health(predictions)
         if out_dir is not None:
             _write_json(Path(out_dir) / f"predictions-{mode}.json", predictions)
+    if task == "vqa":
+        report.update(_answerability(samples, settings))
     numbers = headline(task, report)
     report["warnings"] = sanity_warnings(
         numbers["seen"], numbers.get("blind"), report["seen"]["generations"]
@@ -118,6 +120,15 @@ def evaluate(
     if out_dir is not None:
         _write_json(Path(out_dir) / "scores.json", report)
     return report
+
+
+def _answerability(samples: Sequence[Sample], settings: RunSettings) -> dict[str, Any]:
+    """The VQA code used, and how many questions no prediction could answer under it."""
+    version = settings.task.vqa_eval
+    lost = unanswerable_questions(samples, version)
+    if lost:
+        log.warning(unanswerable_note(lost, len(samples), version, settings.eval.split))
+    return {"vqa_eval": version, "unanswerable": len(lost), "unanswerable_ids": lost[:20]}
 
 
 def headline(task: str, report: Mapping[str, Any]) -> dict[str, float]:
@@ -135,7 +146,10 @@ def summary_line(settings: RunSettings, report: Mapping[str, Any]) -> str:
     parts = [f"{settings.eval.split} {metric}: {numbers['seen']:.4f}"]
     if "blind" in numbers:
         parts.append(f"blind {numbers['blind']:.4f}")
-    line = f"{', '.join(parts)} ({report['count']} samples)"
+    line = f"{', '.join(parts)} ({report['count']} samples"
+    if report.get("unanswerable"):
+        line += f", {report['unanswerable']} unanswerable under this code"
+    line += ")"
     if report.get("warnings"):
         line += " -- WARNING, NOT A RESULT: " + "; ".join(report["warnings"])
     return line

@@ -45,6 +45,7 @@ class DataSettings:
     seed: int = 0  # embedded: the generator's seed
     video_backend: str = "pyav"
     on_bad_sample: str = "skip"  # "skip" (reported) or "error"
+    vqa_eval: str | None = None  # the VQA code its published numbers used (task.vqa_eval=auto)
 
 
 @dataclass
@@ -53,8 +54,9 @@ class TaskSettings:
     metric: str  # the validation metric that picks the best checkpoint
     prompt: str = ""  # caption prompt, or the VQA template around {question}
     loss_on_prompt: bool = False
-    # VQA accuracy by the official code of 2017 (published numbers) or its 2021 fix
-    vqa_eval: str = "2017"
+    # VQA accuracy by the official code of 2017 (published numbers) or its 2021 fix; "auto":
+    # the dataset's own (data.vqa_eval: VQAv2's and GQA's is 2017), else 2021
+    vqa_eval: str = "auto"
 
 
 @dataclass
@@ -228,6 +230,8 @@ def _check(s: RunSettings) -> None:
     _one_of("train.features", s.train.features, FEATURES)
     _one_of("task.name", s.task.name, TASKS)
     s.task.vqa_eval = str(s.task.vqa_eval)  # task.vqa_eval=2021 on the command line is a number
+    if s.task.vqa_eval == "auto":
+        s.task.vqa_eval = str(s.data.vqa_eval or "2021")
     _one_of("task.vqa_eval", s.task.vqa_eval, VQA_EVAL_VERSIONS)
     _one_of("resume", s.resume, ("auto", "never"))
     _one_of("data.on_bad_sample", s.data.on_bad_sample, ("skip", "error"))

@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 from epalm.data.manifest import Sample
 from epalm.model import EPALM
 from epalm.tasks.collate import Collator, is_empty, model_inputs, to_device
+from epalm.tasks.vqa import unanswerable_note, unanswerable_questions
 from epalm.training import checkpoint as ckpt
 from epalm.training import faithful
 from epalm.training.data import (
@@ -86,6 +87,12 @@ class Trainer:
         self.val_samples = subset(val, s.train.val_samples, s.seed)
         self.test_samples = eval_samples(s)
         use_cache = self._use_cache()
+        if s.task.name == "vqa":
+            lost = unanswerable_questions(self.train_samples, s.task.vqa_eval)
+            if lost:
+                log.warning(
+                    unanswerable_note(lost, len(self.train_samples), s.task.vqa_eval, "train")
+                )
         everything = [*self.train_samples, *self.val_samples, *self.test_samples]
         features = (
             features_for(s, self.model.perceivers[s.modality], everything, self.acc)
@@ -161,7 +168,8 @@ class Trainer:
         )
         loader = batches(
             Positioned(self.train_set, s.seed),
-            Collator(self.model, train=False),  # one caption per training pair: no draw
+            # one caption per training pair: no draw
+            Collator(self.model, train=False, vqa_eval=s.task.vqa_eval),
             sampler=sampler,
             num_workers=0 if self.features is not None else s.train.num_workers,
         )
