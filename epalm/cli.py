@@ -81,6 +81,19 @@ def _data_prepare(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_check(args: argparse.Namespace) -> int:
+    from epalm.data.check import check
+
+    report = check(args.root, args.split)
+    print("\n".join(report.lines))
+    for title, items in (("warnings", report.warnings), ("problems", report.problems)):
+        if items:
+            print(f"{title}:")
+            print("\n".join(item if item.startswith("  ") else f"- {item}" for item in items))
+    print(f"{args.root}: {'OK' if report.ok else 'NOT USABLE as it is'}")
+    return 0 if report.ok else 1
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="epalm", description="Give a frozen LM perception (eP-ALM)."
@@ -131,6 +144,18 @@ def _parser() -> argparse.ArgumentParser:
     prepare.add_argument("--seed", type=int, default=0, help="embedded: the generator's seed")
     prepare.add_argument("--size", default="default", help="embedded: 'default' or 'tiny'")
     prepare.set_defaults(run=_data_prepare)
+    checking = data_actions.add_parser(
+        "check",
+        help="look over a directory of manifests: every line, media, answers, blind prior, "
+        "leakage across splits",
+    )
+    checking.add_argument("root", help="the manifests' directory")
+    checking.add_argument(
+        "--split",
+        action="append",
+        help="a split to check, its file SPLIT.jsonl (repeatable; default: every *.jsonl)",
+    )
+    checking.set_defaults(run=_data_check)
 
     for sub in (listing, fetch, prepare):
         sub.add_argument(

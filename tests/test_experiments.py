@@ -200,3 +200,10 @@ def test_tiny_presets_compose_into_a_smoke_run():
 def test_vqa_code_follows_the_dataset(overrides, version):
     run, _ = compose(*overrides)
     assert run.task.vqa_eval == version
+
+
+@pytest.mark.parametrize("modality", ["image", "video", "audio"])
+def test_data_manifest_takes_any_modality(modality):
+    run, _ = compose(f"modality={modality}", "data=manifest", "data.root=/mine")
+    assert (run.data.name, run.data.root, run.modality) == ("manifest", "/mine", modality)
+    assert run.data.splits == {"train": "train.jsonl", "val": "val.jsonl", "test": "test.jsonl"}

@@ -344,3 +344,69 @@ def test_a_manifest_dataset_is_scored_so_that_natural_answers_can_score(
     assert scores["seen"]["vqa_eval"] == scores["vqa_eval"]
     assert scores["unanswerable"] == unanswerable
     assert scores["unanswerable_ids"] == changed[:unanswerable]
+
+
+def _my_manifests(tmp_path: Path) -> tuple[list[str], Path]:
+    """Tiny-run arguments over ``data=manifest`` and a copy of the tiny embedded manifests (a
+    user's own directory)."""
+    import shutil
+
+    from epalm.training.data import data_root
+
+    args = tiny(tmp_path, "image", "vqa", "train.max_steps=2", "eval.blind=false")
+    root = tmp_path / "mine"
+    shutil.copytree(data_root(settings(args)[0]), root)
+    args = [a for a in args if a != "data.size=tiny"] + ["data=manifest", f"data.root={root}"]
+    return args, root
+
+
+def test_data_manifest_trains_evaluates_and_predicts(tmp_path, capsys):
+    args, root = _my_manifests(tmp_path)
+    assert main(["train", *args]) == 0
+    scores = json.loads((tmp_path / "run" / "eval" / "test" / "scores.json").read_text())
+    assert scores["splits"]["test"]["file"] == str(root / "test.jsonl")
+    assert scores["splits"]["train"]["file"] == str(root / "train.jsonl")
+    assert scores["splits"]["test"]["samples"] == scores["count"]
+    # a split named on the command line is the one scored
+    lines = (root / "test.jsonl").read_text().splitlines()
+    questions = [line for line in lines if '"question"' in line][:3]
+    (root / "holdout.jsonl").write_text("\n".join(questions) + "\n")
+    assert main(["eval", *args, "data.splits.test=holdout.jsonl"]) == 0
+    scores = json.loads((tmp_path / "run" / "eval" / "test" / "scores.json").read_text())
+    assert scores["count"] == 3
+    assert scores["splits"] == {"test": {"file": str(root / "holdout.jsonl"), "samples": 3}}
+    image = root / json.loads(questions[0])["media"]
+    capsys.readouterr()
+    assert main(["predict", *args, f"predict.media=[{image}]", "predict.question=what?"]) == 0
+    assert str(image) in capsys.readouterr().out
+
+
+def test_a_preset_whose_test_is_its_val_says_so(tmp_path, caplog):
+    from epalm.training.data import split_sources
+
+    run, _ = settings(["data=vqav2", f"data.root={tmp_path}"])
+    with caplog.at_level("WARNING"):
+        sources = split_sources(run, {"val": 5, "test": 7})
+    assert sources["test"]["file"] == sources["val"]["file"] == str(tmp_path / "val.jsonl")
+    assert "the val and test splits all read" in caplog.text
+
+
+def test_data_check_names_each_problem(tmp_path, capsys):
+    _, root = _my_manifests(tmp_path)
+    assert main(["data", "check", str(root)]) == 0
+    report = capsys.readouterr().out
+    assert "blind prior" in report and "OK" in report.splitlines()[-1]
+    test = [json.loads(line) for line in (root / "test.jsonl").read_text().splitlines()]
+    missing = root / test[0]["media"]
+    missing.unlink()
+    with (root / "train.jsonl").open("a") as train:  # a test id again, in train: leakage
+        train.write(json.dumps({**test[1], "split": "train"}) + "\n")
+    bad_line = len((root / "val.jsonl").read_text().splitlines()) + 1
+    with (root / "val.jsonl").open("a") as val:
+        val.write('{"id": "broken", "split": "val"\n')
+    assert main(["data", "check", str(root)]) == 1
+    report = capsys.readouterr().out
+    assert f"{missing}: no such file" in report
+    assert f"{test[1]['id']} (test, train)" in report and "leakage" in report
+    assert f"{root / 'val.jsonl'}:{bad_line}: not valid JSON" in report
+    assert report.splitlines()[-1].endswith("NOT USABLE as it is")

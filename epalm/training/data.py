@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import logging
+import os
 import random
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -21,6 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from epalm.data.dataset import FeatureDataset, MediaDataset
 from epalm.data.manifest import Sample, read_manifest
 from epalm.training.settings import RunSettings, SettingsError
+
+log = logging.getLogger(__name__)
 
 
 def data_root(settings: RunSettings) -> Path:
@@ -51,6 +55,29 @@ def load_split(settings: RunSettings, split: str) -> list[Sample]:
             f"{path}: no {settings.task.name} samples of modality {settings.modality!r}"
         )
     return samples
+
+
+def split_sources(settings: RunSettings, counts: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+    """Which file each split of ``counts`` (split -> samples used) was read from; logged, and
+    said loudly when two splits read one file (VQAv2's test is its val2014)."""
+    root = data_root(settings)
+    sources = {
+        split: {"file": os.path.abspath(root / settings.data.splits[split]), "samples": n}
+        for split, n in counts.items()
+    }
+    by_file: dict[str, list[str]] = {}
+    for split, source in sources.items():
+        log.info("%s split: %d samples from %s", split, source["samples"], source["file"])
+        by_file.setdefault(source["file"], []).append(split)
+    for file, splits in by_file.items():
+        if len(splits) > 1:
+            log.warning(
+                "the %s splits all read %s: data=%s maps them to one file (data.splits)",
+                " and ".join(splits),
+                file,
+                settings.data.name,
+            )
+    return sources
 
 
 def eval_samples(settings: RunSettings) -> list[Sample]:

@@ -86,12 +86,16 @@ def evaluate(
     *,
     out_dir: str | Path | None = None,
     num_workers: int = 0,
+    sources: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Scores with perception (``"seen"``) and, if ``eval.blind``, without (``"blind"``, on a
     fixed random subset of ``eval.blind_samples`` when set); ``dataset_for(samples)`` makes the
-    dataset. With ``out_dir``, predictions and scores are written there."""
+    dataset. With ``out_dir``, predictions and scores are written there; ``sources`` (which
+    file each split came from, ``split_sources``) goes into them as ``splits``."""
     task, options = settings.task.name, settings.eval
     report: dict[str, Any] = {"count": len(samples)}
+    if sources is not None:
+        report["splits"] = dict(sources)
     runs = {"seen": list(samples)}
     if options.blind:
         runs["blind"] = subset(samples, options.blind_samples, settings.seed)

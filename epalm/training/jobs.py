@@ -26,7 +26,7 @@ def train(settings: RunSettings, resolved: dict[str, Any]) -> Path:
 
 def evaluate(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, Any]:
     """Score the saved model on ``eval.split`` (and blind); writes ``<run_dir>/eval/<split>``."""
-    from epalm.training.data import eval_samples, sample_dataset
+    from epalm.training.data import eval_samples, sample_dataset, split_sources
     from epalm.training.evaluate import evaluate as run_evaluation
     from epalm.training.evaluate import log_summary
     from epalm.training.features import features_for
@@ -47,6 +47,7 @@ def evaluate(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, Any]:
         settings,
         out_dir=out_dir,
         num_workers=0 if features is not None else settings.train.num_workers,
+        sources=split_sources(settings, {settings.eval.split: len(samples)}),
     )
     print(log_summary(settings, report))
     return report

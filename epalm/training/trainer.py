@@ -30,6 +30,7 @@ from epalm.training.data import (
     load_split,
     one_per_caption,
     sample_dataset,
+    split_sources,
     subset,
 )
 from epalm.training.evaluate import evaluate, headline, log_summary, predict_samples, score
@@ -99,14 +100,11 @@ class Trainer:
             if use_cache
             else None
         )
-        log.info(
-            "data: %d training samples, %d val, %d %s; perception from %s",
-            len(self.train_samples),
-            len(self.val_samples),
-            len(self.test_samples),
-            s.eval.split,
-            "the feature cache" if use_cache else "media, every step",
-        )
+        counts = {"train": len(self.train_samples), s.eval.split: len(self.test_samples)}
+        if self.val_samples:
+            counts["val"] = len(self.val_samples)
+        self.sources = split_sources(s, counts)
+        log.info("perception from %s", "the feature cache" if use_cache else "media, every step")
         self.features = features
         self.train_set = self._dataset(self.train_samples, train=True)
         self.val_set = self._dataset(self.val_samples, train=False) if self.val_samples else None
@@ -336,6 +334,7 @@ class Trainer:
                 lambda samples: self._dataset(samples, train=False),
                 s,
                 out_dir=self.run_dir / "eval" / s.eval.split,
+                sources=self.sources,
             )
             log_summary(s, report)
             acc.log(
