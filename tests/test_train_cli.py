@@ -410,3 +410,14 @@ def test_data_check_names_each_problem(tmp_path, capsys):
     assert f"{test[1]['id']} (test, train)" in report and "leakage" in report
     assert f"{root / 'val.jsonl'}:{bad_line}: not valid JSON" in report
     assert report.splitlines()[-1].endswith("NOT USABLE as it is")
+
+
+def test_frozen_dropout_in_the_encoder_never_comes_from_the_cache(tmp_path, capsys):
+    noisy = "+encoder.perceiver.kwargs.backbone_overrides={hidden_dropout_prob:0.1}"
+    args = tiny(tmp_path, "image", "vqa", "train.max_steps=1", "eval.blind=false", noisy)
+    assert main(["train", *args, "train.frozen_dropout=true", "train.features=cache"]) == 2
+    assert "train.features=cache cannot apply the encoder's dropout" in capsys.readouterr().err
+    assert main(["train", *args, "train.frozen_dropout=true", "log_level=INFO"]) == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "features from media: the encoder's dropout" in log
+    assert "perception from media, every step" in log
