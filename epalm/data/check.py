@@ -8,7 +8,6 @@ answer for the question type) is scored, and ids or media shared across splits a
 
 from __future__ import annotations
 
-import json
 from collections import Counter, defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -16,7 +15,7 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from epalm.data.manifest import ManifestError, Sample, parse_sample
+from epalm.data.manifest import Sample, read_manifest
 from epalm.data.media import MediaError, check_file, decoding, read_image
 
 LISTED = 20  # problems of one kind printed in full; the count says how many more
@@ -60,29 +59,7 @@ def _read(path: Path, problems: list[str]) -> list[Sample]:
     if not path.is_file():
         problems.append(f"{path}: not found")
         return []
-    samples, first_line = [], {}
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            sample = parse_sample(_json(line, where), where, root=path.parent)
-        except ManifestError as err:
-            problems.append(str(err))
-            continue
-        if sample.id in first_line:
-            problems.append(f"{where}: id {sample.id!r} repeats line {first_line[sample.id]}")
-            continue
-        first_line[sample.id] = number
-        samples.append(sample)
-    return samples
-
-
-def _json(line: str, where: str) -> object:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError as err:
-        raise ManifestError(f"{where}: not valid JSON ({err.msg} at column {err.colno})") from None
+    return read_manifest(path, problems)
 
 
 def _count(report: Report) -> None:

@@ -60,8 +60,10 @@ class Sample:
         return {**data, **self.extra}
 
 
-def read_manifest(path: str | os.PathLike) -> list[Sample]:
-    """Every sample of a manifest, validated; errors name the file, line and field."""
+def read_manifest(path: str | os.PathLike, problems: list[str] | None = None) -> list[Sample]:
+    """Every sample of a manifest, validated; errors name the file, line and field. With
+    ``problems``, a bad line is recorded there and skipped instead of raised, so that every
+    one is found."""
     path = Path(path)
     samples, first_line = [], {}
     with path.open(encoding="utf-8") as lines:
@@ -69,11 +71,17 @@ def read_manifest(path: str | os.PathLike) -> list[Sample]:
             if not line.strip():
                 continue
             where = f"{path}:{number}"
-            sample = parse_sample(_json(line, where), where, root=path.parent)
-            if sample.id in first_line:
-                raise ManifestError(
-                    f"{where}: id {sample.id!r} repeats line {first_line[sample.id]}"
-                )
+            try:
+                sample = parse_sample(_json(line, where), where, root=path.parent)
+                if sample.id in first_line:
+                    raise ManifestError(
+                        f"{where}: id {sample.id!r} repeats line {first_line[sample.id]}"
+                    )
+            except ManifestError as err:
+                if problems is None:
+                    raise
+                problems.append(str(err))
+                continue
             first_line[sample.id] = number
             samples.append(sample)
     return samples

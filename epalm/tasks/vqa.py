@@ -135,8 +135,9 @@ def training_target(answers: Sequence[str], version: str = "2021") -> str:
     target = majority_answer(answers)
     if vqa_accuracy(target, answers, version) > 0:
         return target
-    best = max(_candidates(answers), key=lambda c: vqa_accuracy(c, answers, version))
-    return best if vqa_accuracy(best, answers, version) > 0 else target
+    scores = {c: vqa_accuracy(c, answers, version) for c in _candidates(answers)}
+    best = max(scores, key=scores.__getitem__)
+    return best if scores[best] > 0 else target
 
 
 def answerable(answers: Sequence[str], version: str = "2021") -> bool:

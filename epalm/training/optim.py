@@ -76,6 +76,16 @@ def _trainable(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return named
 
 
+def _partition(
+    named: list[tuple[str, nn.Parameter]], chosen: Callable[[str, nn.Parameter], bool]
+) -> tuple[list[nn.Parameter], list[nn.Parameter]]:
+    """The parameters ``chosen`` picks, then the others."""
+    picked, others = [], []
+    for name, param in named:
+        (picked if chosen(name, param) else others).append(param)
+    return picked, others
+
+
 def _adamw(groups: list[dict]) -> torch.optim.AdamW:
     # an empty group (no soft prompt) would only shift the others' indices
     return torch.optim.AdamW([g for g in groups if g["params"]])
@@ -142,9 +152,7 @@ def _ep_alm_vqa(model: nn.Module, train: TrainSettings, schedule: Schedule):
     (optim/optim_factory.py:111-117) makes two groups: everything but the prompt at the lr, then
     the prompt at ``prompt_lr``, and AdamW's weight decay applies to both, biases included
     (optim_factory.py:130). Only the first group is scheduled."""
-    named = _trainable(model)
-    prompt = [p for name, p in named if name.startswith("prompt.")]
-    other = [p for name, p in named if not name.startswith("prompt.")]
+    prompt, other = _partition(_trainable(model), lambda name, _: name.startswith("prompt."))
     decay = train.weight_decay
     optimizer = _adamw(
         [
@@ -163,9 +171,9 @@ def _ep_alm_caption(model: nn.Module, train: TrainSettings, schedule: Schedule):
     (optim_factory.py:118-123, 24-37): biases and other 1-D tensors undecayed, then every weight,
     prompt included, decayed, both at the lr. Only the first group, the biases, is scheduled;
     the weights and the prompt train at a constant lr."""
-    named = _trainable(model)
-    flat = [p for name, p in named if p.ndim <= 1 or name.endswith(".bias")]
-    weights = [p for name, p in named if not (p.ndim <= 1 or name.endswith(".bias"))]
+    flat, weights = _partition(
+        _trainable(model), lambda name, p: p.ndim <= 1 or name.endswith(".bias")
+    )
     optimizer = _adamw(
         [
             {"params": flat, "lr": train.lr, "weight_decay": 0.0, "name": "bias"},
