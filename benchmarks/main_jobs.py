@@ -55,34 +55,45 @@ def run_job(job: str, out: Path, variant: str = "") -> dict:
         "test_samples": scores["count"],
         "seconds": seconds,
         "peak_gb": peak_gb,
-        "trainable": _trainable(run_dir / "train.log"),
+        "trainable": _logged(run_dir / "train.log", "trainable parameters:"),
+        "seconds_per_step": _seconds_per_step(run_dir / "train.log"),
+        "by_question_type": scores["seen"].get("by_question_type", {}),
         "warnings": scores.get("warnings", []),
     }
 
 
-def _trainable(log: Path) -> str:
+def _logged(log: Path, marker: str) -> str:
     for line in log.read_text().splitlines():
-        if "trainable parameters:" in line:
-            return line.split("trainable parameters:", 1)[1].strip()
+        if marker in line:
+            return line.split(marker, 1)[1].strip()
     return "?"
+
+
+def _seconds_per_step(log: Path) -> float | None:
+    """From the trainer's last line on its steps: "trained N steps in T s: X s/step ..."."""
+    found = _logged(log, "trained ")
+    return float(found.split(": ")[1].split()[0]) if "s/step" in found else None
 
 
 def table(rows: list[dict]) -> str:
     lines = [
-        "| job | test metric | score | blind | wall time (from empty cache) | peak memory "
-        "| trainable |",
-        "|---|---|---|---|---|---|---|",
+        "| job | test metric | score | blind | by question type | wall time (from empty cache) "
+        "| s/step | peak memory | trainable |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| `{r['job']}` | failed: {r['error']} | | | | | |")
+            lines.append(f"| `{r['job']}` | failed: {r['error']} | | | | | | | |")
             continue
+        per_step = r.get("seconds_per_step")
+        kinds = ", ".join(f"{k} {100 * v:.1f}" for k, v in r.get("by_question_type", {}).items())
         scale = 100 if r["metric"] == "VQA accuracy" else 1
         lines.append(
             f"| `{r['command']}` | {r['metric']} ({r['test_samples']} samples) | "
             f"{scale * r['score']:.{1 if scale == 100 else 3}f} | "
-            f"{scale * r['blind']:.{1 if scale == 100 else 3}f} | "
-            f"{r['seconds'] / 60:.1f} min | {r['peak_gb']:.2f} GB | {r['trainable']} |"
+            f"{scale * r['blind']:.{1 if scale == 100 else 3}f} | {kinds} | "
+            f"{r['seconds'] / 60:.1f} min | {'?' if per_step is None else f'{per_step:.2f}'} | "
+            f"{r['peak_gb']:.2f} GB | {r['trainable']} |"
         )
     lines += [f"\n`{r['job']}`: WARNING, {w}" for r in rows for w in r.get("warnings", [])]
     return "\n".join(lines)

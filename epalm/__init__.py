@@ -1,4 +1,5 @@
-"""epalm: give a frozen language model perception by training a tiny connector (eP-ALM)."""
+"""epalm: give a frozen language model perception by training a tiny connector (eP-ALM), or
+small modules inside it (VL-Adapter)."""
 
 from epalm._lazy import lazy_exports
 
@@ -14,6 +15,9 @@ _EXPORTS = {
     "build_perceiver": "epalm.encoders.registry",
     "register_perceiver": "epalm.encoders.registry",
     "register_decoder_layers": "epalm.injection",
+    "AdapterConfig": "epalm.config",
+    "register_adapter": "epalm.adapters",
+    "register_architecture": "epalm.adapters",
 }
 __all__ = ["__version__", *_EXPORTS]
 __getattr__ = lazy_exports(__name__, _EXPORTS)

@@ -72,6 +72,23 @@ class InjectionConfig:
 
 
 @dataclass
+class AdapterConfig:
+    """Trainable modules inside the frozen LM (VL-Adapter; ``epalm.adapters``) and which of the
+    LM's own parameters train beside them. ``name="none"``: the LM stays untouched."""
+
+    name: str = "none"  # none | bottleneck | compacter | hyperformer | lora, or a registered one
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the method's own settings
+    layers: list[int] | None = None  # [first, last] decoder layers (inclusive); None: all
+    norms: bool = False  # train the LM's norms (VL-Adapter's unfrozen LayerNorms)
+    biases: bool = False  # train the LM's biases (BitFit)
+    shared: bool = True  # one adapter set for every task; False: one set per task
+    tasks: list[str] = field(default_factory=list)  # the tasks, the first the default
+
+    def task_names(self) -> list[str]:
+        return list(self.tasks) or ["default"]
+
+
+@dataclass
 class TextConfig:
     """How prompts and targets become tokens."""
 
@@ -88,6 +105,7 @@ class EPALMConfig:
     connector: ConnectorConfig = field(default_factory=ConnectorConfig)
     injection: InjectionConfig = field(default_factory=InjectionConfig)
     text: TextConfig = field(default_factory=TextConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     # Where offline models are built (default: $EPALM_CACHE or ~/.cache/epalm). A property of
     # this machine, so checkpoints never record it.
     model_cache: str | None = None
@@ -139,6 +157,7 @@ _SECTIONS = [
     _Section("connector", ConnectorConfig),
     _Section("injection", InjectionConfig),
     _Section("text", TextConfig),
+    _Section("adapter", AdapterConfig),
 ]
 
 

@@ -13,9 +13,10 @@ input on, holding the placeholder. Text attends to that constant in the layers b
 it carries no information, and keeping the sequence length fixed lets HF's masks, rotary
 positions and KV cache work unchanged.
 
-The placeholder's hidden state stays exactly zero until the first injection layer; gradients
-into it are cut there (they would cross RMSNorm at zero input and overflow on deep LMs), which
-changes no gradient of a trained parameter.
+In LMs without biases the placeholder's hidden state stays exactly zero until the first
+injection layer; gradients into a zero slot are cut there (they would cross RMSNorm at zero
+input and overflow on deep LMs), which changes no gradient of a trained parameter: LM adapters
+leave the placeholder's rows alone (``placeholder_rows``).
 
 With a KV cache, only the first forward call of a generation (nothing cached yet) contains the
 prefix; later calls see only new tokens, whose keys already hold the injected slots. Which call
@@ -180,7 +181,7 @@ class Injector:
         self.prefix_positions = prefix_positions
         self._local = threading.local()
         layers = decoder_layers(lm)
-        first = min(self.schedule, default=len(layers))
+        first = self.first_layer = min(self.schedule, default=len(layers))
         self._handles = [*self._position_hooks(lm)] if prefix_positions == "none" else []
         self._handles += [
             lm.register_forward_pre_hook(self._start_call, with_kwargs=True),
@@ -224,6 +225,21 @@ class Injector:
     @property
     def prefix_length(self) -> int:
         return self.num_slots + self.prompt_tokens
+
+    @property
+    def active(self) -> bool:
+        """Whether this thread is inside ``inject`` (the model owning this injector runs)."""
+        return self._active is not None
+
+    def placeholder_rows(self, layer: int) -> tuple[int, int]:
+        """``(slots, length)`` for decoder layer ``layer`` in the current call: how many leading
+        positions still hold the placeholder there (the slots, before the first injection layer,
+        in a call that holds the prefix; else 0), and the call's length."""
+        active = self._active
+        call = active.call if active is not None else None
+        if call is None or not call.at_start or layer >= self.first_layer:
+            return 0, 0 if call is None or call.length is None else call.length
+        return self.num_slots, call.length
 
     @contextmanager
     def inject(
@@ -359,25 +375,29 @@ class Injector:
         return hook
 
     def _detach_slots(self, module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-        """Cut gradients into the slots before their first injection layer.
+        """Cut gradients into the slots before their first injection layer, where a slot's
+        hidden state is exactly zero.
 
-        There a slot holds the zero placeholder, whose hidden state stays exactly zero through
+        In LMs without biases (Llama, SmolLM2) the zero placeholder stays exactly zero through
         every layer; gradients flowing back into it cross RMSNorm at zero input, which scales
         them by 1/sqrt(eps), and overflow to NaN over enough layers (seen on SmolLM2-135M, first
-        injection layer 17). Nothing trainable lies behind the placeholder, so no gradient that
-        matters changes.
+        injection layer 17). Nothing trained changes a zero slot there: adapters leave the
+        placeholder's rows alone (``epalm.adapters.base``) and a norm's gain multiplies zero, so
+        no trained parameter's gradient changes. Where a slot is not zero (LMs with biases or
+        learned positions), its gradient flows: trained biases or norms may lie behind it.
         """
         if self._active is None or not self._call_at_start("a decoder layer"):
             return None
         if not getattr(args[0] if args else kwargs.get("hidden_states"), "requires_grad", False):
             return None  # no gradient will flow here: spare the copy
         slots = self.num_slots
-        return _with_hidden(
-            args,
-            kwargs,
-            lambda h: torch.cat([h[:, :slots].detach(), h[:, slots:]], 1),
-            self._active.call.length,
-        )
+
+        def cut(hidden: torch.Tensor) -> torch.Tensor:
+            held = hidden[:, :slots]
+            zero = (held == 0).all(-1, keepdim=True)
+            return torch.cat([torch.where(zero, held.detach(), held), hidden[:, slots:]], 1)
+
+        return _with_hidden(args, kwargs, cut, self._active.call.length)
 
     def _place_tokens(
         self, hidden: torch.Tensor, slot_tokens: Sequence[torch.Tensor | None], level: int

@@ -20,13 +20,14 @@ from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenizerBase
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
+from epalm.adapters import LMAdapter, attach_adapter
 from epalm.atomic import atomic_write, atomic_write_text
 from epalm.config import EPALMConfig
 from epalm.connector import LevelProjection, SoftPrompt
 from epalm.encoders.base import Perceiver
 from epalm.encoders.registry import build_perceiver
 from epalm.errors import MissingFileError
-from epalm.fingerprint import weights_sha256
+from epalm.fingerprint import state_sha256, weights_sha256
 from epalm.injection import Injector, decoder_layers, injection_schedule
 from epalm.text import IGNORE_INDEX, encode_prompts, encode_training, prepare_tokenizer
 from epalm.zoo import load_model, resolve
@@ -105,6 +106,10 @@ class EPALM(nn.Module):
             self.connectors = self._build_connectors()
             self.prompt = self._build_prompt()
         self.injector = self._build_injector()
+        with _own_generator(config.connector.seed):  # a stream of its own: connectors unchanged
+            self.adapter: LMAdapter | None = attach_adapter(
+                self.lm, config.adapter, self.injector, config.adapter.task_names()
+            )
 
     def _check_promises(self) -> None:
         """A preset's stated sizes must match what was loaded (catches a wrong model id early)."""
@@ -173,8 +178,9 @@ class EPALM(nn.Module):
                 module.dropout_in_training = self._frozen_dropout
 
     def train(self, mode: bool = True) -> EPALM:
-        """Only the connector and prompt switch modes; frozen parts stay in eval unless
-        ``frozen_dropout`` is set."""
+        """Only the trained parts (connector, prompt, adapter modules) switch modes; frozen
+        parts, LoRA's layers inside the LM among them, stay in eval unless ``frozen_dropout``
+        is set."""
         renamed = hasattr(type(self.lm), "is_activation_checkpointing")  # in later 5.x releases
         flag = "is_activation_checkpointing" if renamed else "is_gradient_checkpointing"
         if mode and getattr(self.lm, flag, False):
@@ -195,10 +201,33 @@ class EPALM(nn.Module):
         return {name: p.detach() for name, p in self.named_parameters() if p.requires_grad}
 
     def parameter_report(self) -> ParameterReport:
-        parts = {"lm": self.lm, "connectors": self.connectors, "perceivers": self.perceivers}
+        owned = self._adapter_lm_names()
+        lm = [p for name, p in self.lm.named_parameters() if name not in owned]
+        parts = {"lm": _count(lm)}
+        if self.adapter is not None:
+            inside = [self.lm.get_parameter(name) for name in sorted(owned)]
+            parts["adapter"] = _count([*self.adapter.parameters(), *inside])
+        parts["connectors"] = _count(self.connectors.parameters())
+        parts["perceivers"] = _count(self.perceivers.parameters())
         if self.prompt is not None:
-            parts["prompt"] = self.prompt
-        return ParameterReport({name: _count(module) for name, module in parts.items()})
+            parts["prompt"] = _count(self.prompt.parameters())
+        return ParameterReport(parts)
+
+    def _adapter_lm_names(self) -> set[str]:
+        return self.adapter.lm_parameter_names() if self.adapter is not None else set()
+
+    @contextmanager
+    def using_task(self, task: str) -> Iterator[None]:
+        """Within the block, this thread's calls use the adapters of ``task`` (one of
+        ``config.adapter.tasks``); a model whose adapters are shared by every task is unchanged."""
+        if self.adapter is None:
+            tasks = self.config.adapter.task_names()
+            if task not in tasks:
+                raise KeyError(f"no task {task!r}; this model was trained for {tasks}")
+            yield
+            return
+        with self.adapter.task(task):
+            yield
 
     # --- perception --------------------------------------------------------------------------
     def preprocess(
@@ -500,8 +529,18 @@ class EPALM(nn.Module):
 
     def frozen_digests(self) -> dict[str, str]:
         """A digest of each frozen part's weights: ``lm`` and ``perceivers.<slot>``."""
-        parts = {"lm": self.lm, **{f"perceivers.{k}": p for k, p in self.perceivers.items()}}
-        return {name: weights_sha256(module) for name, module in parts.items()}
+        digests = {"lm": state_sha256(self._frozen_lm_state())}
+        for slot, perceiver in self.perceivers.items():
+            digests[f"perceivers.{slot}"] = weights_sha256(perceiver)
+        return digests
+
+    def _frozen_lm_state(self) -> dict[str, torch.Tensor]:
+        """The LM's frozen tensors under their own names: without what an adapter added or
+        unfroze, so the digest is the plain LM's."""
+        trained = {name for name, p in self.lm.named_parameters() if p.requires_grad}
+        skip = trained | self._adapter_lm_names()
+        rename = self.adapter.frozen_name if self.adapter is not None else str
+        return {rename(k): v for k, v in self.lm.state_dict().items() if k not in skip}
 
     def _check_frozen(self, directory: Path, strict: bool) -> None:
         recorded = self.config.frozen_digests
@@ -650,8 +689,8 @@ def _check_levels(slot: str, perceiver: Perceiver, levels: int) -> None:
         )
 
 
-def _count(module: nn.Module) -> tuple[int, int]:
-    params = list(module.parameters())
+def _count(params: Any) -> tuple[int, int]:
+    params = list(params)
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 
 

@@ -141,6 +141,29 @@ def test_train_writes_a_model_that_eval_and_predict_load(tmp_path, modality, cap
     assert [line.split("\t")[0] for line in lines] == [str(m) for m in media]
 
 
+@pytest.mark.core
+@pytest.mark.parametrize("method", ["bottleneck", "lora"])
+def test_an_adapter_run_loads_in_eval_predict_and_the_demo(tmp_path, method, capsys):
+    from epalm.demo.models import load_models
+
+    args = tiny(tmp_path, "image", "vqa", "train.max_steps=3", f"adapter={method}")
+    args += ["adapter.kwargs.reduction_factor=4"] if method == "bottleneck" else []
+    assert main(["train", *args, "train.adapter_lr=1e-3"]) == 0
+    log = (tmp_path / "run" / "train.log").read_text()
+    assert "adapter" in log.split("parameters by part:")[1]
+    model = EPALM.from_pretrained(tmp_path / "run" / "final", frozen_check="error")
+    assert model.config.adapter.name == method
+    assert model.config.adapter.tasks == ["image-vqa"]
+    assert main(["eval", *args, "eval.blind=false"]) == 0
+    image = sorted((tmp_path / "cache" / "datasets").rglob("*.png"))[0]
+    assert main(["predict", *args, f"predict.media=[{image}]", "predict.question=what?"]) == 0
+    served = load_models([tmp_path / "run" / "final"] * 2)
+    first, second = (s.model for s in served.values())
+    assert (first.lm is second.lm) == (method != "lora")  # LoRA changes its LM: not shared
+    for s in served.values():
+        assert isinstance(s.model.answer(str(image), "what shape?"), str)
+
+
 def test_eval_without_a_trained_model_says_how_to_train_one(tmp_path, capsys):
     assert main(["eval", *tiny(tmp_path)]) == 2
     assert "epalm train modality=image task=vqa" in capsys.readouterr().err
@@ -170,8 +193,10 @@ def test_a_non_finite_loss_stops_the_run_naming_step_and_samples(tmp_path, capsy
 
 # --- resume ------------------------------------------------------------------------------------
 @pytest.mark.slow
-def test_resume_after_sigkill_ends_bit_identical(tmp_path):
+@pytest.mark.parametrize("adapter", [[], ["adapter=lora", "adapter.norms=true"]], ids=["", "lora"])
+def test_resume_after_sigkill_ends_bit_identical(tmp_path, adapter):
     steps = ["train.max_steps=40", "train.save_every=4", "train.eval_every=100", "eval.blind=false"]
+    steps += adapter
     straight = tiny(tmp_path / "a", "image", "vqa", *steps)
     assert run_cli(["train", *straight]).wait(timeout=600) == 0
 
@@ -289,8 +314,10 @@ def test_a_bad_micro_batch_on_one_process_keeps_the_processes_in_step(tmp_path):
 
 # --- two processes -----------------------------------------------------------------------------
 @pytest.mark.slow
-def test_two_processes_follow_the_single_process_loss_curve(tmp_path):
+@pytest.mark.parametrize("adapter", [[], ["adapter=bottleneck"]], ids=["", "bottleneck"])
+def test_two_processes_follow_the_single_process_loss_curve(tmp_path, adapter):
     steps = ["train.max_steps=8", "train.eval_every=100", "eval.blind=false", "train.lr=3e-3"]
+    steps += adapter
     single = tiny(tmp_path / "one", "image", "vqa", *steps)
     assert run_cli(["train", *single]).wait(timeout=600) == 0
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
+from epalm.adapters import changes_lm
 from epalm.errors import MissingFileError
 from epalm.model import CONFIG_NAME, EPALM
 from epalm.zoo.cache import using_cache
@@ -62,17 +63,22 @@ def load_models(
     for directory in tqdm(directories, desc="loading models", unit="model"):
         lm_key = _lm_key(directory)
         with using_cache(model_cache):
-            model = EPALM.from_pretrained(directory, lm=lms.get(lm_key))
-        lms.setdefault(lm_key, model.lm)
+            model = EPALM.from_pretrained(directory, lm=lms.get(lm_key) if lm_key else None)
+        if lm_key:
+            lms.setdefault(lm_key, model.lm)
         name = _unique(_display_name(directory), served)
         served[name] = ServedModel(name, directory, model.to(device).eval(), model.config.text.task)
         log.info("serving %s from %s (perceives %s)", name, directory, ", ".join(model.perceivers))
     return served
 
 
-def _lm_key(directory: Path) -> str:
-    lm = EPALM.saved_config(directory).lm
-    return json.dumps(dataclasses.asdict(lm), sort_keys=True)
+def _lm_key(directory: Path) -> str | None:
+    """Checkpoints on the same LM share it, unless an adapter changes the LM itself (LoRA,
+    trained norms or biases): such a model keeps an LM of its own (None)."""
+    config = EPALM.saved_config(directory)
+    if changes_lm(config.adapter):
+        return None
+    return json.dumps(dataclasses.asdict(config.lm), sort_keys=True)
 
 
 def _display_name(directory: Path) -> str:

@@ -16,7 +16,7 @@ from epalm.presets import CONFIG_DIR, preset_names
 from epalm.training.settings import RunSettings, from_container
 
 PRIMARY = "epalm"
-GROUPS = ("modality", "task", "lm", "encoder", "connector", "data", "experiment")
+GROUPS = ("modality", "task", "lm", "encoder", "connector", "adapter", "data", "experiment")
 
 
 class ComposeError(ValueError):
@@ -84,8 +84,9 @@ def help_text(command: str) -> str:
 
 
 _PURPOSE = {
-    "train": "Train the connector (the LM and the encoder stay frozen), evaluate the result on\n"
-    "the test split with and without the perception, and save <run_dir>/final.",
+    "train": "Train the connector (the LM and the encoder stay frozen; adapter=NAME adds modules\n"
+    "inside the LM), evaluate the result on the test split with and without the perception,\n"
+    "and save <run_dir>/final.",
     "eval": "Score a saved model (checkpoint=DIR, default <run_dir>/final) on eval.split,\n"
     "and blind (perception removed) unless eval.blind=false.",
     "predict": "Caption, or answer predict.question about, the files in predict.media=[a,b]\n"

@@ -92,18 +92,33 @@ def _adamw(groups: list[dict]) -> torch.optim.AdamW:
 
 
 # --- epalm's own ---------------------------------------------------------------------------------
+def trained_part(name: str) -> str:
+    """Which trained part a parameter belongs to: ``prompt``, ``connectors``, or ``adapter``
+    (modules inside the LM, and the LM's own norms and biases when unfrozen)."""
+    if name.startswith("prompt."):
+        return "prompt"
+    if name.startswith("connectors."):
+        return "connectors"
+    return "adapter"
+
+
 def optimizer_for(model: nn.Module, train: TrainSettings) -> torch.optim.AdamW:
-    """Param groups: projections and prompt, each split into decayed weights and undecayed
-    biases (HF's convention). Only trainable tensors are handed to the optimizer."""
+    """Param groups: projections, prompt and adapter, each split into decayed weights and
+    undecayed biases and norms (HF's convention), each part at its own lr. Only trainable
+    tensors are handed to the optimizer."""
+    lrs = {
+        "prompt": train.prompt_lr,
+        "connectors": train.lr,
+        "adapter": train.lr if train.adapter_lr is None else train.adapter_lr,
+    }
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in _trainable(model):
-        part = "prompt" if name.startswith("prompt.") else "connectors"
-        groups.setdefault((part, param.ndim >= 2), []).append(param)
+        groups.setdefault((trained_part(name), param.ndim >= 2), []).append(param)
     return _adamw(
         [
             {
                 "params": params,
-                "lr": train.prompt_lr if part == "prompt" else train.lr,
+                "lr": lrs[part],
                 "weight_decay": train.weight_decay if decayed else 0.0,
                 "name": f"{part}{'' if decayed else '.bias'}",
             }

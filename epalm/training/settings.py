@@ -13,6 +13,7 @@ from typing import Any
 
 from epalm.config import (
     PREFIX_POSITIONS,
+    AdapterConfig,
     ConnectorConfig,
     EPALMConfig,
     InjectionConfig,
@@ -73,6 +74,7 @@ class TrainSettings:
     max_steps: int | None = None  # wins over epochs when set
     lr: float = 2e-4  # projections
     prompt_lr: float = 1e-3  # soft prompt
+    adapter_lr: float | None = None  # modules inside the LM, unfrozen norms / biases (None: lr)
     weight_decay: float = 0.02
     warmup_ratio: float = 0.05
     min_lr: float = 1e-6
@@ -137,12 +139,18 @@ class RunSettings:
     predict: PredictSettings
     run_dir: str
     demo: DemoSettings = field(default_factory=DemoSettings)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
     seed: int = 0
     faithful: bool = False  # eP-ALM's code as released, where it differs (epalm.training.faithful)
     resume: str = "auto"  # "auto": continue from the run directory's last checkpoint; "never"
     checkpoint: str | None = None  # eval / predict / demo: a saved model (default <run_dir>/final)
     model_cache: str | None = None
     log_level: str = "INFO"
+
+    @property
+    def task_id(self) -> str:
+        """This run's task among a multi-task model's: ``<modality>-<task>``."""
+        return f"{self.modality}-{self.task.name}"
 
     def model_config(self) -> EPALMConfig:
         """The model this run trains: one slot, named after the modality."""
@@ -155,6 +163,9 @@ class RunSettings:
                 seed=self.seed if self.connector.seed is None else self.connector.seed,
             ),
             injection=self.injection,
+            adapter=dataclasses.replace(
+                self.adapter, tasks=list(self.adapter.tasks) or [self.task_id]
+            ),
             text=TextConfig(
                 caption_prompt=self.task.prompt if self.task.name == "caption" else "",
                 vqa_prompt=self.task.prompt if self.task.name == "vqa" else TextConfig.vqa_prompt,
@@ -221,6 +232,7 @@ _DATACLASSES: dict[str, type] = {
         GenerationSettings,
         PredictSettings,
         DemoSettings,
+        AdapterConfig,
     )
 }
 
@@ -236,6 +248,7 @@ def _check(s: RunSettings) -> None:
     _one_of("resume", s.resume, ("auto", "never"))
     _one_of("data.on_bad_sample", s.data.on_bad_sample, ("skip", "error"))
     _one_of("injection.prefix_positions", s.injection.prefix_positions, PREFIX_POSITIONS)
+    _check_adapter(s.adapter)
     if s.encoder.num_levels and s.connector.levels > s.encoder.num_levels:
         raise SettingsError(
             f"connector.levels={s.connector.levels} but the encoder has {s.encoder.num_levels} "
@@ -257,6 +270,18 @@ def _check(s: RunSettings) -> None:
             f"data.root is not set: point it at the manifests of {s.data.name!r} "
             f"(`epalm data prepare {s.data.name} --root DIR` writes them)"
         )
+
+
+def _check_adapter(adapter: AdapterConfig) -> None:
+    from epalm.adapters import adapter_names  # peft loads only when settings are checked
+
+    _one_of("adapter.name", adapter.name, tuple(adapter_names()))
+    if adapter.layers is not None and len(adapter.layers) != 2:
+        raise SettingsError(
+            f"adapter.layers={list(adapter.layers)}: give [first, last] or null (every layer)"
+        )
+    if len(set(adapter.tasks)) != len(adapter.tasks):
+        raise SettingsError(f"adapter.tasks={list(adapter.tasks)} names a task twice")
 
 
 def _check_demo(demo: DemoSettings) -> None:

@@ -196,11 +196,14 @@ class Trainer:
             dynamic_ncols=True,
         )
         micro_batches, losses, started = iter(loader), [], time.perf_counter()
+        stepping, first = 0.0, state["step"]  # seconds in training steps alone
         self.model.train()
         while state["step"] < total:
             step = state["step"]
+            began = time.perf_counter()
             loss = self._step(wrapped, optimizer, micro_batches, step)
             step_scheduler(scheduler, optimizer)
+            stepping += time.perf_counter() - began
             state["step"] = step + 1
             losses.append(loss)
             bar.update(1)
@@ -219,6 +222,14 @@ class Trainer:
                 self._save(optimizer, scheduler, state)
                 started = time.perf_counter()
         bar.close()
+        if state["step"] > first:
+            done = state["step"] - first
+            log.info(
+                "trained %d steps in %.0f s: %.3f s/step (validation and checkpoints excluded)",
+                done,
+                stepping,
+                stepping / done,
+            )
 
     def _step(self, wrapped, optimizer, micro_batches, step: int) -> float:
         """One optimizer step over ``grad_accum`` micro-batches per process. The loss is the mean
