@@ -107,9 +107,12 @@ class EPALM(nn.Module):
             self.prompt = self._build_prompt()
         self.injector = self._build_injector()
         with _own_generator(config.connector.seed):  # a stream of its own: connectors unchanged
-            self.adapter: LMAdapter | None = attach_adapter(
+            self.adapter: LMAdapter | None
+            self.adapter, unfrozen = attach_adapter(
                 self.lm, config.adapter, self.injector, config.adapter.task_names()
             )
+        # the LM's own tensors that train (norms, biases): not frozen weights, so not digested
+        self._trained_in_lm = frozenset(unfrozen)
 
     def _check_promises(self) -> None:
         """A preset's stated sizes must match what was loaded (catches a wrong model id early)."""
@@ -537,8 +540,7 @@ class EPALM(nn.Module):
     def _frozen_lm_state(self) -> dict[str, torch.Tensor]:
         """The LM's frozen tensors under their own names: without what an adapter added or
         unfroze, so the digest is the plain LM's."""
-        trained = {name for name, p in self.lm.named_parameters() if p.requires_grad}
-        skip = trained | self._adapter_lm_names()
+        skip = self._trained_in_lm | self._adapter_lm_names()
         rename = self.adapter.frozen_name if self.adapter is not None else str
         return {rename(k): v for k, v in self.lm.state_dict().items() if k not in skip}
 

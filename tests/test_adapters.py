@@ -269,3 +269,29 @@ def test_a_registered_method_is_chosen_by_name(monkeypatch):
     model = adapted_model("llama", "scale")
     assert isinstance(model.adapter, Scale)
     assert [n for n, p in model.named_parameters() if p.requires_grad and "gain" in n]
+
+
+# the architectures epalm.injection knows beyond the tiny ones above, each built tiny here
+OTHER_ARCHITECTURES = ("gpt_neox", "mixtral", "qwen3", "gemma", "gemma2", "phi3", "smollm3")
+
+
+@pytest.mark.parametrize("method", ["bottleneck", "lora"])
+@pytest.mark.parametrize("model_type", OTHER_ARCHITECTURES)
+def test_every_known_architecture_gets_adapters(model_type, method):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    assert set(OTHER_ARCHITECTURES) | set(TINY_LM_KINDS) == set(injection.known_architectures())
+    config = AutoConfig.for_model(
+        model_type, vocab_size=260, hidden_size=64, intermediate_size=128, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=2, head_dim=16, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, num_local_experts=2, num_experts_per_tok=1,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    lm = AutoModelForCausalLM.from_config(config)
+    epalm_config = tiny_config("llama", ["image"])
+    epalm_config.adapter = AdapterConfig(name=method, kwargs=SMALL.get(method, {}))
+    model = EPALM(epalm_config, lm=lm, tokenizer=tiny_tokenizer()).eval()
+    inputs = batch(model)
+    start = model(**inputs).logits
+    perturb(model)
+    assert not torch.allclose(model(**inputs).logits, start, atol=1e-4)

@@ -131,3 +131,15 @@ def test_yes_no_probe_asks_each_value_once_as_yes():
         "is there a teal shape?",
     ]
     assert len(asked) == 8 + 3 and len({q for q, _ in asked}) == len(asked)
+
+
+@pytest.mark.slow
+def test_quick_adapters_compares_every_method_to_the_connector_alone(quick_suite):
+    from benchmarks.adapters import METHODS
+
+    results = quick_suite[1]["adapters"]["results"]
+    assert list(results) == list(METHODS)
+    for method, row in results.items():
+        assert row["seconds"] > 0
+        if method != "none":  # each method adds trainable tensors to the connector's
+            assert row["trainable"] > results["none"]["trainable"]

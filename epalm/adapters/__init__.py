@@ -50,9 +50,9 @@ def adapted_layers(spec: list[int] | None, num_layers: int) -> list[int]:
 
 def attach_adapter(
     lm: nn.Module, config: AdapterConfig, injector: Injector, tasks: list[str]
-) -> LMAdapter | None:
+) -> tuple[LMAdapter | None, list[str]]:
     """The adapter ``config`` names, attached to ``lm`` (None for ``none``), then the LM's
-    norms and biases unfrozen as ``config`` asks."""
+    norms and biases unfrozen as ``config`` asks: the adapter and the names of those."""
     adapter = None
     if config.name != "none":
         context = AdapterContext(
@@ -66,8 +66,7 @@ def attach_adapter(
         )
         adapter = adapter_builder(config.name)(context, **config.kwargs)
     owned = adapter.lm_parameter_names() if adapter is not None else set()
-    unfreeze(lm, norms=config.norms, biases=config.biases, skip=owned)
-    return adapter
+    return adapter, unfreeze(lm, norms=config.norms, biases=config.biases, skip=owned)
 
 
 def changes_lm(config: AdapterConfig) -> bool:

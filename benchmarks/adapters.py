@@ -1,0 +1,153 @@
+"""What each LM adapter method costs per training step, beside the connector alone, measured
+side by side in one process (the steps timed in alternation).
+
+    python -m benchmarks.adapters [--stack embedded|paper] [--batch 32] [--repeats 3]
+
+- ``embedded``: the image VQA main job's model (SmolLM2-135M, DINOv2-S at 112 px, 6 projections,
+  no soft prompt), from cached features.
+- ``paper``: eP-ALM's base stack built from configs with random weights (nothing to download):
+  OPT-2.7B + ViT-B/16, 6 projections and the 10-token MLP prompt, the LM in bf16 with bf16
+  autocast; it needs a GPU (the five models are alive at once, to be timed in alternation).
+
+For each method: trainable parameters and their share of all, seconds per step, and on a GPU
+the peak memory of a step.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import replace
+from typing import Any
+
+import torch
+
+from benchmarks.common import (
+    Report,
+    Table,
+    cached_batch,
+    default_stack,
+    finish,
+    parse,
+    parser,
+    side_by_side,
+    training_step,
+)
+from epalm import EPALM
+from epalm.config import AdapterConfig, ConnectorConfig, EPALMConfig, LMConfig, PerceiverConfig
+from epalm.model import BYTE_TOKENIZER
+
+METHODS = ("none", "bottleneck", "compacter", "hyperformer", "lora")
+QUICK_KWARGS = {"bottleneck": {"reduction_factor": 4}, "compacter": {"reduction_factor": 4}}
+QUICK_KWARGS["hyperformer"] = {"reduction_factor": 4, "embedding_dim": 8, "projector_hidden": 16}
+
+OPT_2_7B = {
+    "model_type": "opt",
+    "vocab_size": 50272,
+    "hidden_size": 2560,
+    "num_hidden_layers": 32,
+    "ffn_dim": 10240,
+    "num_attention_heads": 32,
+    "word_embed_proj_dim": 2560,
+    "max_position_embeddings": 2048,
+    "pad_token_id": 1,
+    "bos_token_id": 2,
+    "eos_token_id": 2,
+}
+VIT_B16 = {
+    "model_type": "vit",
+    "hidden_size": 768,
+    "num_hidden_layers": 12,
+    "num_attention_heads": 12,
+    "intermediate_size": 3072,
+    "image_size": 224,
+    "patch_size": 16,
+}
+
+
+def stack(kind: str, quick: bool, method: str, device: str) -> EPALM:
+    """The model of ``kind`` with ``method`` (its default settings) inside the LM."""
+    kwargs = QUICK_KWARGS.get(method, {}) if quick else {}
+    adapter = AdapterConfig(name=method, kwargs=kwargs, shared=method != "hyperformer")
+    if kind == "embedded" or quick:
+        base = default_stack("image", quick)
+        config = replace(base.config, adapter=adapter)
+        torch.manual_seed(0)
+        return EPALM(config, tokenizer=base.tokenizer).to(device)
+    gpu = device.startswith("cuda")
+    config = EPALMConfig(
+        lm=LMConfig(
+            model_config=OPT_2_7B, tokenizer=BYTE_TOKENIZER, dtype="bfloat16" if gpu else "float32"
+        ),
+        perceivers={"image": PerceiverConfig("image", {"model_config": VIT_B16})},
+        connector=ConnectorConfig(levels=6, shared=False, prompt_tokens=10, prompt_mlp=True),
+        adapter=adapter,
+    )
+    torch.manual_seed(0)
+    return EPALM(config).to(device)
+
+
+def measure(args: Any) -> tuple[Table, dict[str, Any]]:
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gpu = device == "cuda"
+    if args.stack == "paper" and not gpu and not args.quick:
+        raise SystemExit("--stack paper needs a GPU: five OPT-2.7B models in fp32 do not fit")
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu else None
+    steps, rows = {}, {}
+    for method in args.methods:
+        model = stack(args.stack, args.quick, method, device)
+        inputs = cached_batch(model, "image", args.batch)
+        inputs = {k: _to(v, device) for k, v in inputs.items()}
+        step = training_step(model, autocast=autocast)
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+        step(inputs)  # warm-up, and the peak of one step
+        report = model.parameter_report()
+        rows[method] = {
+            "trainable": report.trainable,
+            "share": report.share,
+            "peak_gb": torch.cuda.max_memory_allocated() / 1e9 if gpu else None,
+        }
+        steps[method] = lambda step=step, inputs=inputs: step(inputs)
+    times = side_by_side(steps, repeats=args.repeats, warmup=0, device=device)
+    name = "paper stack (OPT-2.7B + ViT-B/16, random weights)" if args.stack == "paper" else ""
+    table = Table(
+        f"LM adapters, {name or 'image VQA main job'} (batch {args.batch}, {device})",
+        ["adapter", "trainable", "share of all", "s/step", "vs none", "peak memory"],
+    )
+    for method, row in rows.items():
+        row["seconds"] = min(times[method])
+        ratio = row["seconds"] / min(times[args.methods[0]])
+        memory = "-" if row["peak_gb"] is None else f"{row['peak_gb']:.2f} GB"
+        table.add(
+            method, f"{row['trainable']:,}", f"{100 * row['share']:.2f}%", row["seconds"],
+            f"{ratio:.2f}x", memory,
+        )  # fmt: skip
+    return table, rows
+
+
+def _to(value: Any, device: str) -> Any:
+    if isinstance(value, torch.Tensor):
+        return value.to(device)
+    if isinstance(value, dict):
+        return {k: _to(v, device) for k, v in value.items()}
+    return value
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    p = parser(__doc__)
+    p.add_argument("--stack", choices=["embedded", "paper"], default="embedded")
+    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+    p.add_argument("--batch", type=int, help="default 32 (quick: 4)")
+    p.add_argument("--repeats", type=int, help="timed steps per method; default 3 (quick: 1)")
+    args = parse(p, argv)
+    args.batch = args.batch or (4 if args.quick else 32)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    report = Report("LM adapters")
+    table, results = measure(args)
+    report.tables.append(table)
+    report.results = results
+    finish(report, args)
+
+
+if __name__ == "__main__":
+    main()
