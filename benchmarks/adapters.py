@@ -32,58 +32,32 @@ from benchmarks.common import (
     side_by_side,
     training_step,
 )
+from benchmarks.utilization import paper_config
 from epalm import EPALM
-from epalm.config import AdapterConfig, ConnectorConfig, EPALMConfig, LMConfig, PerceiverConfig
-from epalm.model import BYTE_TOKENIZER
+from epalm.config import AdapterConfig, EPALMConfig
+from epalm.tasks.collate import to_device
 
 METHODS = ("none", "bottleneck", "compacter", "hyperformer", "lora")
 QUICK_KWARGS = {"bottleneck": {"reduction_factor": 4}, "compacter": {"reduction_factor": 4}}
 QUICK_KWARGS["hyperformer"] = {"reduction_factor": 4, "embedding_dim": 8, "projector_hidden": 16}
 
-OPT_2_7B = {
-    "model_type": "opt",
-    "vocab_size": 50272,
-    "hidden_size": 2560,
-    "num_hidden_layers": 32,
-    "ffn_dim": 10240,
-    "num_attention_heads": 32,
-    "word_embed_proj_dim": 2560,
-    "max_position_embeddings": 2048,
-    "pad_token_id": 1,
-    "bos_token_id": 2,
-    "eos_token_id": 2,
-}
-VIT_B16 = {
-    "model_type": "vit",
-    "hidden_size": 768,
-    "num_hidden_layers": 12,
-    "num_attention_heads": 12,
-    "intermediate_size": 3072,
-    "image_size": 224,
-    "patch_size": 16,
-}
 
-
-def stack(kind: str, quick: bool, method: str, device: str) -> EPALM:
-    """The model of ``kind`` with ``method`` (its default settings) inside the LM."""
+def stack(base: EPALMConfig, tokenizer: Any, method: str, quick: bool, device: str) -> EPALM:
+    """``base`` with ``method`` (its default settings) inside the LM."""
     kwargs = QUICK_KWARGS.get(method, {}) if quick else {}
     adapter = AdapterConfig(name=method, kwargs=kwargs, shared=method != "hyperformer")
+    torch.manual_seed(0)
+    return EPALM(replace(base, adapter=adapter), tokenizer=tokenizer).to(device)
+
+
+def base_stack(kind: str, quick: bool, gpu: bool) -> tuple[EPALMConfig, Any]:
+    """The config and tokenizer every method's model is built from."""
     if kind == "embedded" or quick:
         base = default_stack("image", quick)
-        config = replace(base.config, adapter=adapter)
-        torch.manual_seed(0)
-        return EPALM(config, tokenizer=base.tokenizer).to(device)
-    gpu = device.startswith("cuda")
-    config = EPALMConfig(
-        lm=LMConfig(
-            model_config=OPT_2_7B, tokenizer=BYTE_TOKENIZER, dtype="bfloat16" if gpu else "float32"
-        ),
-        perceivers={"image": PerceiverConfig("image", {"model_config": VIT_B16})},
-        connector=ConnectorConfig(levels=6, shared=False, prompt_tokens=10, prompt_mlp=True),
-        adapter=adapter,
-    )
-    torch.manual_seed(0)
-    return EPALM(config).to(device)
+        return base.config, base.tokenizer
+    config = paper_config(quick=False)
+    lm = replace(config.lm, dtype="bfloat16" if gpu else "float32")
+    return replace(config, lm=lm), None
 
 
 def measure(args: Any) -> tuple[Table, dict[str, Any]]:
@@ -93,10 +67,10 @@ def measure(args: Any) -> tuple[Table, dict[str, Any]]:
         raise SystemExit("--stack paper needs a GPU: five OPT-2.7B models in fp32 do not fit")
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if gpu else None
     steps, rows = {}, {}
+    base, tokenizer = base_stack(args.stack, args.quick, gpu)
     for method in args.methods:
-        model = stack(args.stack, args.quick, method, device)
-        inputs = cached_batch(model, "image", args.batch)
-        inputs = {k: _to(v, device) for k, v in inputs.items()}
+        model = stack(base, tokenizer, method, args.quick, device)
+        inputs = to_device(cached_batch(model, "image", args.batch), device)
         step = training_step(model, autocast=autocast)
         if gpu:
             torch.cuda.reset_peak_memory_stats()
@@ -123,14 +97,6 @@ def measure(args: Any) -> tuple[Table, dict[str, Any]]:
             f"{ratio:.2f}x", memory,
         )  # fmt: skip
     return table, rows
-
-
-def _to(value: Any, device: str) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to(v, device) for k, v in value.items()}
-    return value
 
 
 def main(argv: Sequence[str] | None = None) -> None:

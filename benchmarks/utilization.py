@@ -76,14 +76,17 @@ VIT_QUICK.update(intermediate_size=64, image_size=32, patch_size=8)
 def paper_stack(quick: bool) -> EPALM:
     """eP-ALM's OPT-2.7B + ViT-B/16 from configs (random weights), with its connector."""
     torch.manual_seed(0)
-    config = EPALMConfig(
+    return EPALM(paper_config(quick))
+
+
+def paper_config(quick: bool) -> EPALMConfig:
+    return EPALMConfig(
         lm=LMConfig(model_config=OPT_QUICK if quick else OPT_2_7B, tokenizer=BYTE_TOKENIZER),
         perceivers={
             "image": PerceiverConfig("image", {"model_config": VIT_QUICK if quick else VIT_B16})
         },
         connector=ConnectorConfig(levels=6, prompt_tokens=10),
     )
-    return EPALM(config)
 
 
 def stacks(args: Any) -> dict[str, tuple[EPALM, dict[str, Any]]]:
