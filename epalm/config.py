@@ -99,6 +99,15 @@ class TextConfig:
 
 
 @dataclass
+class TaskConfig:
+    """One task of a multi-task model: which slot its media fill, what it does, its prompt."""
+
+    slot: str  # the perceiver its media go to
+    kind: str  # "caption" or "vqa"
+    prompt: str = ""  # the caption prompt, or the VQA template around {question}
+
+
+@dataclass
 class EPALMConfig:
     lm: LMConfig = field(default_factory=LMConfig)
     perceivers: dict[str, PerceiverConfig] = field(default_factory=dict)
@@ -106,6 +115,8 @@ class EPALMConfig:
     injection: InjectionConfig = field(default_factory=InjectionConfig)
     text: TextConfig = field(default_factory=TextConfig)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    # A multi-task model's tasks by id ("image-vqa", ...); empty: one task, prompts from `text`
+    tasks: dict[str, TaskConfig] = field(default_factory=dict)
     # Where offline models are built (default: $EPALM_CACHE or ~/.cache/epalm). A property of
     # this machine, so checkpoints never record it.
     model_cache: str | None = None
@@ -123,6 +134,10 @@ class EPALMConfig:
             slot: _build(PerceiverConfig, spec, f"{source}: perceivers.{slot}")
             for slot, spec in data.pop("perceivers", {}).items()
         }
+        tasks = {
+            name: _build(TaskConfig, spec, f"{source}: tasks.{name}")
+            for name, spec in data.pop("tasks", {}).items()
+        }
         parts = {
             f.name: _build(f.type_class, data.pop(f.name), f"{source}: {f.name}")
             for f in _SECTIONS
@@ -132,7 +147,13 @@ class EPALMConfig:
         digests = dict(data.pop("frozen_digests", {}))
         if data:
             raise ValueError(f"{source}: unknown keys {sorted(data)}")
-        return cls(perceivers=perceivers, model_cache=model_cache, frozen_digests=digests, **parts)
+        return cls(
+            perceivers=perceivers,
+            tasks=tasks,
+            model_cache=model_cache,
+            frozen_digests=digests,
+            **parts,
+        )
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")

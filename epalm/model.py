@@ -9,7 +9,7 @@ import os
 import tempfile
 import threading
 from collections.abc import Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, PreTrainedTokenize
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from epalm.adapters import LMAdapter, attach_adapter
+from epalm.adapters.base import ThreadTask
 from epalm.atomic import atomic_write, atomic_write_text
 from epalm.config import EPALMConfig
 from epalm.connector import LevelProjection, SoftPrompt
@@ -97,6 +98,7 @@ class EPALM(nn.Module):
                 }
             )
         self.lm.requires_grad_(False).eval()
+        self._local = ThreadTask()  # the task of this thread's using_task block
         self.frozen_dropout = False
         self._check_promises()
         self._lm_takes = _lm_arguments(self.lm)
@@ -220,17 +222,49 @@ class EPALM(nn.Module):
         return self.adapter.lm_parameter_names() if self.adapter is not None else set()
 
     @contextmanager
-    def using_task(self, task: str) -> Iterator[None]:
-        """Within the block, this thread's calls use the adapters of ``task`` (one of
-        ``config.adapter.tasks``); a model whose adapters are shared by every task is unchanged."""
-        if self.adapter is None:
-            tasks = self.config.adapter.task_names()
-            if task not in tasks:
-                raise KeyError(f"no task {task!r}; this model was trained for {tasks}")
+    def using_task(self, task: str | None) -> Iterator[None]:
+        """Within the block, this thread's calls are task ``task``'s (one of ``task_names``): its
+        prompt and its adapters. ``None`` changes nothing."""
+        if task is None:
             yield
             return
-        with self.adapter.task(task):
-            yield
+        if task not in self.task_names:
+            raise KeyError(f"no task {task!r}; this model was trained for {self.task_names}")
+        before = self.current_task
+        self._local.task = task
+        try:
+            with self.adapter.task(task) if self.adapter is not None else nullcontext():
+                yield
+        finally:
+            self._local.task = before
+
+    @property
+    def task_names(self) -> list[str]:
+        """The tasks this model was trained for, the default first."""
+        return list(self.config.tasks) or self.config.adapter.task_names()
+
+    @property
+    def current_task(self) -> str | None:
+        """The task of this thread's ``using_task`` block (None outside any)."""
+        return getattr(self._local, "task", None)
+
+    def task_for(self, slot: str, kind: str) -> str | None:
+        """A multi-task model's task that does ``kind`` ("caption" / "vqa") on ``slot``'s
+        media; None for a single-task model. A ValueError when it has none or several."""
+        if not self.config.tasks:
+            return None
+        found = [n for n, t in self.config.tasks.items() if t.slot == slot and t.kind == kind]
+        if not found:
+            raise ValueError(
+                f"this model was not trained for {kind} on {slot!r}; its tasks are "
+                f"{', '.join(self.config.tasks)}"
+            )
+        if len(found) > 1:
+            raise ValueError(
+                f"this model has several {kind} tasks on {slot!r} ({', '.join(found)}): pick "
+                "one with model.using_task(name)"
+            )
+        return found[0]
 
     # --- perception --------------------------------------------------------------------------
     def preprocess(
@@ -426,19 +460,27 @@ class EPALM(nn.Module):
         return out
 
     # --- text --------------------------------------------------------------------------------------
-    def prompt_for(self, question: str | None = None) -> str:
-        """The text prompt: the VQA template around a question, else the caption prompt."""
+    def prompt_for(self, question: str | None = None, task: str | None = None) -> str:
+        """The text prompt of ``task`` (default: the current one): its VQA template around a
+        question, else its caption prompt."""
+        spec = self.config.tasks.get(task or self.current_task or "")
         text = self.config.text
-        return (
-            text.caption_prompt if question is None else text.vqa_prompt.format(question=question)
-        )
+        if spec is not None:
+            template = spec.prompt
+        else:
+            template = text.caption_prompt if question is None else text.vqa_prompt
+        return template if question is None else template.format(question=question)
 
     def encode_targets(
-        self, targets: Sequence[str], questions: Sequence[str | None] | None = None
+        self,
+        targets: Sequence[str],
+        questions: Sequence[str | None] | None = None,
+        task: str | None = None,
     ) -> dict[str, torch.Tensor]:
-        """A training batch in this model's prompt format: captions, or answers to ``questions``."""
+        """A training batch in this model's prompt format (``task``'s, default the current one):
+        captions, or answers to ``questions``."""
         questions = [None] * len(targets) if questions is None else questions
-        prompts = [self.prompt_for(q) for q in questions]
+        prompts = [self.prompt_for(q, task) for q in questions]
         return encode_training(self.tokenizer, prompts, targets, self.config.text.loss_on_prompt)
 
     # --- convenience ---------------------------------------------------------------------------
@@ -447,8 +489,7 @@ class EPALM(nn.Module):
     ) -> str | list[str]:
         """Caption one sample (or a list of samples) of raw media."""
         batch, single = self._as_batch(media)
-        prompts = [self.prompt_for()] * _batch_size(batch)
-        texts = self._respond(batch, prompts, generate_kwargs)
+        texts = self._respond(batch, "caption", [None] * _batch_size(batch), generate_kwargs)
         return texts[0] if single else texts
 
     def answer(
@@ -460,8 +501,7 @@ class EPALM(nn.Module):
         """Answer a question about one sample (or one question per sample of a list)."""
         batch, single = self._as_batch(media)
         questions = [question] * _batch_size(batch) if isinstance(question, str) else list(question)
-        prompts = [self.prompt_for(q) for q in questions]
-        texts = self._respond(batch, prompts, generate_kwargs)
+        texts = self._respond(batch, "vqa", questions, generate_kwargs)
         return texts[0] if single else texts
 
     def _as_batch(self, media: Media | Mapping[str, Media]) -> tuple[dict[str, list[Any]], bool]:
@@ -478,12 +518,23 @@ class EPALM(nn.Module):
         }, single
 
     def _respond(
-        self, batch: dict[str, list[Any]], prompts: list[str], generate_kwargs: dict[str, Any]
+        self,
+        batch: dict[str, list[Any]],
+        kind: str,
+        questions: list[str | None],
+        generate_kwargs: dict[str, Any],
     ) -> list[str]:
-        text = {k: v.to(self.device) for k, v in encode_prompts(self.tokenizer, prompts).items()}
-        new = self.generate(
-            **text, media=self.preprocess(batch), **{**DEFAULT_GENERATION, **generate_kwargs}
-        )
+        """Generate for ``batch`` as the current task, else (a multi-task model) as the task
+        that does ``kind`` on the batch's slot."""
+        task = self.current_task or (self.task_for(next(iter(batch)), kind) if batch else None)
+        with self.using_task(task):
+            prompts = [self.prompt_for(q) for q in questions]
+            text = encode_prompts(self.tokenizer, prompts)
+            new = self.generate(
+                **{k: v.to(self.device) for k, v in text.items()},
+                media=self.preprocess(batch),
+                **{**DEFAULT_GENERATION, **generate_kwargs},
+            )
         return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     # --- checkpoints ------------------------------------------------------------------------------

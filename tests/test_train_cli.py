@@ -47,6 +47,26 @@ def tiny(tmp_path: Path, modality: str = "image", task: str = "vqa", *extra: str
     ]
 
 
+TASKS = ("image-vqa", "image-caption", "video-vqa", "video-caption", "audio-vqa", "audio-caption")
+
+
+def multitask(*tasks: str) -> list[str]:
+    """experiment=embedded-multitask on ``tasks`` alone, each with its tiny encoder."""
+    args = ["experiment=embedded-multitask"]
+    for name in TASKS:
+        modality, task = name.split("-")
+        job = [f"modality={modality}", f"task={task}", f"encoder=tiny-{modality}"]
+        listed = f"[{','.join(repr(o) for o in job)}]"
+        args.append(
+            f"multitask.tasks.{name}={listed}" if name in tasks else f"~multitask.tasks.{name}"
+        )
+    return args
+
+
+# per-task adapters: a step leaves the other task's adapters (and slot) without gradients
+MULTITASK = [*multitask("image-vqa", "audio-vqa"), "adapter=bottleneck", "adapter.shared=false"]
+
+
 def run_cli(args: list[str], env: dict[str, str] | None = None, **kwargs) -> subprocess.Popen:
     return subprocess.Popen(
         [sys.executable, "-m", "epalm", *args],
@@ -193,7 +213,11 @@ def test_a_non_finite_loss_stops_the_run_naming_step_and_samples(tmp_path, capsy
 
 # --- resume ------------------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("adapter", [[], ["adapter=lora", "adapter.norms=true"]], ids=["", "lora"])
+@pytest.mark.parametrize(
+    "adapter",
+    [[], ["adapter=lora", "adapter.norms=true"], MULTITASK],
+    ids=["", "lora", "multitask"],
+)
 def test_resume_after_sigkill_ends_bit_identical(tmp_path, adapter):
     steps = ["train.max_steps=40", "train.save_every=4", "train.eval_every=100", "eval.blind=false"]
     steps += adapter
@@ -314,7 +338,9 @@ def test_a_bad_micro_batch_on_one_process_keeps_the_processes_in_step(tmp_path):
 
 # --- two processes -----------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("adapter", [[], ["adapter=bottleneck"]], ids=["", "bottleneck"])
+@pytest.mark.parametrize(
+    "adapter", [[], ["adapter=bottleneck"], MULTITASK], ids=["", "bottleneck", "multitask"]
+)
 def test_two_processes_follow_the_single_process_loss_curve(tmp_path, adapter):
     steps = ["train.max_steps=8", "train.eval_every=100", "eval.blind=false", "train.lr=3e-3"]
     steps += adapter

@@ -26,6 +26,14 @@ from epalm.injection import Injector, decoder_layers
 SUBLAYERS = ("attention", "feed_forward")  # where bottleneck-style adapters go, in each layer
 
 
+class ThreadTask(threading.local):
+    """A per-thread ``task`` attribute that survives pickling (as unset): DataLoader workers
+    started by spawn get a pickled copy of the model."""
+
+    def __reduce__(self) -> tuple[type, tuple]:
+        return ThreadTask, ()
+
+
 @dataclass
 class AdapterContext:
     """What an adapter method is built from."""
@@ -52,7 +60,7 @@ class LMAdapter(nn.Module):
         self.tasks = list(context.tasks)
         self.shared = context.shared
         self._injector = context.injector
-        self._local = threading.local()
+        self._local = ThreadTask()
         self._handles: list[Any] = []
 
     @property

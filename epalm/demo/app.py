@@ -86,6 +86,10 @@ def respond(
         raise _tell(f"Please upload {KIND[modality]} first, or click an example.")
     if task == ASK and not (question or "").strip():
         raise _tell(f"Please type a question, or choose '{DESCRIBE}'.")
+    try:  # a multi-task model does only the tasks it was trained for
+        served.model.task_for(slot, "vqa" if task == ASK else "caption")
+    except ValueError as err:
+        raise _tell(f"{model_name}: {err}.") from None
     try:
         decoded = read_upload(media, served.model.perceivers[slot], limits)
     except UploadError as err:

@@ -36,8 +36,10 @@ class Collator:
 
     ``train`` picks each caption sample's target at random with ``rng`` (seeded, for repeatable
     runs; default ``random.Random(0)``), else its first caption; a question's target is its
-    majority answer as written, in a form the VQA code of ``vqa_eval`` can score. The collator keeps the model: DataLoader workers started by
-    spawn or forkserver get a pickled copy each, so prefer fork (Linux) or no workers there.
+    majority answer as written, in a form the VQA code of ``vqa_eval`` can score. Prompts are
+    those of the model's ``task`` (a multi-task model's; the batch records it as ``"task"``).
+    The collator keeps the model: DataLoader workers started by spawn or forkserver get a
+    pickled copy each, so prefer fork (Linux) or no workers there.
     """
 
     def __init__(
@@ -48,9 +50,10 @@ class Collator:
         generation: bool = False,
         rng: random.Random | None = None,
         vqa_eval: str = "2021",
+        task: str | None = None,
     ):
         self.model, self.train, self.generation = model, train, generation
-        self.vqa_eval = vqa_eval
+        self.vqa_eval, self.task = vqa_eval, task
         self.rng = rng if rng is not None else random.Random(0)
 
     def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
@@ -67,9 +70,14 @@ class Collator:
         if skipped:
             log.warning("skipped %d bad samples: %s", len(skipped), skipped)
         if not kept:
-            return {"ids": [], "skipped": skipped}
+            return {"ids": [], "skipped": skipped, "task": self.task}
         samples = [item["sample"] for item in kept]
-        batch = {**self._text(samples), "ids": [s.id for s in samples], "skipped": skipped}
+        batch = {
+            **self._text(samples),
+            "ids": [s.id for s in samples],
+            "skipped": skipped,
+            "task": self.task,
+        }
         if any("inputs" in item for item in kept):
             inputs = self._slots([item.get("inputs", {}) for item in kept], samples)
             batch["media"] = {
@@ -83,9 +91,10 @@ class Collator:
     def _text(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
         questions = [s.question if s.task == "vqa" else None for s in samples]
         if self.generation:
-            prompts = [self.model.prompt_for(q) for q in questions]
+            prompts = [self.model.prompt_for(q, self.task) for q in questions]
             return encode_prompts(self.model.tokenizer, prompts)
-        return self.model.encode_targets([self._target(s) for s in samples], questions)
+        targets = [self._target(s) for s in samples]
+        return self.model.encode_targets(targets, questions, self.task)
 
     def _target(self, sample: Sample) -> str:
         if sample.task == "vqa":
@@ -103,6 +112,19 @@ class Collator:
             )
         self.model.check_slots(per_item[0])
         return {slot: [i[slot] for i in per_item] for slot in per_item[0]}
+
+
+class TaskCollator:
+    """A multi-task batch: its items' ``"task"`` (``TaskItems``) picks that task's collator."""
+
+    def __init__(self, collators: Mapping[str, Collator]) -> None:
+        self.collators = dict(collators)
+
+    def __call__(self, items: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+        tasks = sorted({item["task"] for item in items})
+        if len(tasks) != 1:
+            raise ValueError(f"a batch must hold one task's samples; got {tasks}")
+        return self.collators[tasks[0]](items)
 
 
 def is_empty(batch: Mapping[str, Any]) -> bool:

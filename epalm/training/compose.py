@@ -6,6 +6,7 @@ Hydra output folders, our own ``--help`` and errors without a traceback.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -13,7 +14,7 @@ from typing import Any
 from omegaconf import OmegaConf
 
 from epalm.presets import CONFIG_DIR, preset_names
-from epalm.training.settings import RunSettings, from_container
+from epalm.training.settings import RunSettings, SettingsError, check, from_container
 
 PRIMARY = "epalm"
 GROUPS = ("modality", "task", "lm", "encoder", "connector", "adapter", "data", "experiment")
@@ -39,9 +40,69 @@ def compose(overrides: Sequence[str] = ()) -> dict[str, Any]:
 
 
 def settings(overrides: Sequence[str] = ()) -> tuple[RunSettings, dict[str, Any]]:
-    """Checked settings and the resolved config they came from (saved with the run)."""
+    """Checked settings and the resolved config they came from (saved with the run); a
+    multi-task run's jobs are composed too (``RunSettings.jobs``)."""
     resolved = compose(overrides)
-    return from_container(resolved), resolved
+    run = from_container(resolved)
+    for name, task_overrides in run.multitask.tasks.items():
+        run.jobs[name], run.job_configs[name] = _job(run, name, overrides, task_overrides)
+    _check_slots(run)
+    return run, resolved
+
+
+def _job(
+    run: RunSettings, name: str, overrides: Sequence[str], task_overrides: Sequence[str]
+) -> tuple[RunSettings, dict[str, Any]]:
+    """Task ``name`` of a multi-task run: its single-task job, composed from the run's own
+    overrides (but its experiment and multitask.*) and then the task's, which win. The job
+    brings its data, encoder and evaluation; the model, optimisation and validation are the
+    run's."""
+    own = {_key(o) for o in task_overrides}
+    inherited = [o for o in overrides if _key(o) not in own and not _run_only(_key(o))]
+    try:
+        resolved = compose([*inherited, *task_overrides])
+        job = from_container(resolved, checked=False)  # checked with the run's model below
+    except (ComposeError, SettingsError) as err:
+        raise SettingsError(f"multitask.tasks.{name}: {err}") from None
+    job = dataclasses.replace(
+        run,
+        modality=job.modality,
+        task=job.task,
+        data=job.data,
+        encoder=job.encoder,
+        eval=job.eval,
+        multitask=dataclasses.replace(run.multitask, tasks={}),
+        jobs={},
+        job_configs={},
+    )
+    try:
+        check(job)  # e.g. connector.levels against this job's encoder
+    except SettingsError as err:
+        raise SettingsError(f"multitask.tasks.{name}: {err}") from None
+    return job, resolved
+
+
+def _check_slots(run: RunSettings) -> None:
+    """One encoder per modality: a multi-task model has one slot for each."""
+    encoders: dict[str, tuple[str, Any]] = {}
+    for name, job in run.jobs.items():
+        first = encoders.setdefault(job.modality, (name, job.encoder))
+        if first[1] != job.encoder:
+            raise SettingsError(
+                f"multitask.tasks: {first[0]} and {name} are both {job.modality} tasks but use "
+                f"different encoders ({first[1].name} and {job.encoder.name}); a multi-task "
+                "model has one encoder per modality"
+            )
+
+
+def _run_only(key: str) -> bool:
+    """Overrides a job does not inherit: the run's experiment and its task list."""
+    return key == "experiment" or key.split(".")[0] == "multitask"
+
+
+def _key(override: str) -> str:
+    """``+train.lr=1`` -> ``train.lr``."""
+    return override.split("=", 1)[0].lstrip("+~")
 
 
 def to_yaml(resolved: dict[str, Any]) -> str:

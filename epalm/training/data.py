@@ -143,9 +143,15 @@ class StepSampler:
 
     def __iter__(self) -> Iterator[list[tuple[int, int]]]:
         for step in range(self.start_step, self.steps):
-            for part in range(self.grad_accum):
-                first = step * self.batch_size + (part * self.world_size + self.rank) * self.micro
-                yield [(self.index(p), p) for p in range(first, first + self.micro)]
+            yield from self.micro_batches(step)
+
+    def micro_batches(self, step: int) -> list[list[tuple[int, int]]]:
+        """This rank's ``grad_accum`` micro-batches of global step ``step``."""
+        parts = []
+        for part in range(self.grad_accum):
+            first = step * self.batch_size + (part * self.world_size + self.rank) * self.micro
+            parts.append([(self.index(p), p) for p in range(first, first + self.micro)])
+        return parts
 
     def index(self, position: int) -> int:
         epoch, offset = divmod(position, self.num_samples)
@@ -153,6 +159,89 @@ class StepSampler:
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
             self._epoch, self._order = epoch, torch.randperm(self.num_samples, generator=generator)
         return int(self._order[offset])
+
+
+def task_weights(sizes: Sequence[int], temperature: float = 1.0) -> list[float]:
+    """How often each task is trained: ``p ~ n ** (1 / temperature)`` for ``n`` training
+    samples (1: proportional to the sizes; larger: flatter, towards uniform)."""
+    raw = [n ** (1.0 / temperature) for n in sizes]
+    return [r / sum(raw) for r in raw]
+
+
+class TaskSampler:
+    """Micro-batches of ``(task, index, position)`` for one rank, step by step: each global step
+    trains one task (every micro-batch and process of it: homogeneous batches), drawn with
+    ``weights`` from a seeded stream; a task's k-th step takes the k-th batch of its own
+    ``StepSampler`` (seed + task), so one task alone is exactly its ``StepSampler``, and which
+    samples a step sees stays a pure function of (seed, step, rank)."""
+
+    def __init__(
+        self,
+        sizes: Sequence[int],
+        weights: Sequence[float],
+        *,
+        batch_size: int,
+        steps: int,
+        seed: int,
+        start_step: int = 0,
+        grad_accum: int = 1,
+        rank: int = 0,
+        world_size: int = 1,
+    ) -> None:
+        self.samplers = [
+            StepSampler(
+                n,
+                batch_size=batch_size,
+                steps=steps,
+                seed=seed + task,
+                grad_accum=grad_accum,
+                rank=rank,
+                world_size=world_size,
+            )
+            for task, n in enumerate(sizes)
+        ]
+        self.micro, self.grad_accum = self.samplers[0].micro, grad_accum
+        self.steps, self.start_step = steps, start_step
+        self.order = _task_order(weights, steps, seed)
+
+    def __len__(self) -> int:
+        return (self.steps - self.start_step) * self.grad_accum
+
+    def __iter__(self) -> Iterator[list[tuple[int, int, int]]]:
+        taken = [0] * len(self.samplers)  # steps each task has had
+        for step, task in enumerate(self.order):
+            local, taken[task] = taken[task], taken[task] + 1
+            if step < self.start_step:
+                continue
+            for part in self.samplers[task].micro_batches(local):
+                yield [(task, index, position) for index, position in part]
+
+
+def _task_order(weights: Sequence[float], steps: int, seed: int) -> list[int]:
+    """The task of every step, from a generator of its own (one task: all zeros)."""
+    if len(weights) == 1:
+        return [0] * steps
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + 7)
+    chosen = torch.multinomial(
+        torch.tensor(weights, dtype=torch.float64), steps, replacement=True, generator=generator
+    )
+    return chosen.tolist()
+
+
+class TaskItems(Dataset):
+    """Items by ``(task, index, position)`` from one dataset per task, each tagged with its task
+    name; every RNG is seeded as ``Positioned`` does, from (seed + task, position)."""
+
+    def __init__(self, datasets: Mapping[str, Dataset], seed: int) -> None:
+        self.names = list(datasets)
+        self.datasets = [Positioned(d, seed + t) for t, d in enumerate(datasets.values())]
+
+    def __len__(self) -> int:
+        return sum(len(d) for d in self.datasets)
+
+    def __getitem__(self, key: tuple[int, int, int]) -> Any:
+        task, index, position = key
+        return {**self.datasets[task][(index, position)], "task": self.names[task]}
 
 
 class Positioned(Dataset):

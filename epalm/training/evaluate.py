@@ -36,11 +36,13 @@ def predict_samples(
     blind: bool = False,
     num_workers: int = 0,
     desc: str = "evaluating",
+    task_id: str | None = None,
 ) -> dict[str, str]:
     """``{sample id: cleaned text}`` for every sample of ``dataset`` (bad ones are skipped and
-    logged by the collator, then count as missing in the scores)."""
+    logged by the collator, then count as missing in the scores), as the model's task
+    ``task_id`` (a multi-task model's: its prompt and adapters)."""
     model.eval()
-    collate = Collator(model, train=False, generation=True)
+    collate = Collator(model, train=False, generation=True, task=task_id)
     loader = batches(dataset, collate, batch_size=batch_size, num_workers=num_workers)
     clean = clean_answer if task == "vqa" else clean_caption
     predictions = {}
@@ -51,11 +53,12 @@ def predict_samples(
         if blind:
             inputs.pop("media", None)
             inputs.pop("features", None)
-        new = model.generate(
-            **to_device(inputs, model.device),
-            num_beams=generation.num_beams,
-            max_new_tokens=generation.max_new_tokens,
-        )
+        with model.using_task(task_id):
+            new = model.generate(
+                **to_device(inputs, model.device),
+                num_beams=generation.num_beams,
+                max_new_tokens=generation.max_new_tokens,
+            )
         texts = model.tokenizer.batch_decode(new, skip_special_tokens=True)
         predictions.update({i: clean(t) for i, t in zip(batch["ids"], texts)})
     return predictions
@@ -87,11 +90,13 @@ def evaluate(
     out_dir: str | Path | None = None,
     num_workers: int = 0,
     sources: Mapping[str, Any] | None = None,
+    task_id: str | None = None,
 ) -> dict[str, Any]:
     """Scores with perception (``"seen"``) and, if ``eval.blind``, without (``"blind"``, on a
     fixed random subset of ``eval.blind_samples`` when set); ``dataset_for(samples)`` makes the
     dataset. With ``out_dir``, predictions and scores are written there; ``sources`` (which
-    file each split came from, ``split_sources``) goes into them as ``splits``."""
+    file each split came from, ``split_sources``) goes into them as ``splits``. ``task_id``: the
+    multi-task model's task that ``settings`` is the job of."""
     task, options = settings.task.name, settings.eval
     report: dict[str, Any] = {"count": len(samples)}
     if sources is not None:
@@ -110,6 +115,7 @@ def evaluate(
             blind=mode == "blind",
             num_workers=num_workers,
             desc=f"evaluating ({mode})",
+            task_id=task_id,
         )
         report[mode] = score(task, predictions, chosen, settings.task.vqa_eval)
         report[mode]["generations"] = generation_health(predictions)
@@ -141,6 +147,24 @@ def headline(task: str, report: Mapping[str, Any]) -> dict[str, float]:
     return {mode: report[mode]["metrics"][key] for mode in ("seen", "blind") if mode in report}
 
 
+# Papers report accuracy in percent and CIDEr x 100 (VL-Adapter's average over tasks too)
+REPORTED_SCALE = {"vqa_accuracy": 100.0, "CIDEr": 100.0}
+
+
+def reported(metric: str, value: float) -> float:
+    """``value`` of ``metric`` in the units papers report."""
+    return value * REPORTED_SCALE.get(metric, 1.0)
+
+
+def selection_score(values: Mapping[str, tuple[str, float]]) -> tuple[str, float]:
+    """What picks the best checkpoint from each task's ``(metric, value)``: one task's metric,
+    or a multi-task run's mean over tasks in reported units (accuracy %, CIDEr x 100)."""
+    if len(values) == 1:
+        return next(iter(values.values()))
+    mean = sum(reported(m, v) for m, v in values.values()) / len(values)
+    return "mean over tasks", mean
+
+
 def summary_line(settings: RunSettings, report: Mapping[str, Any]) -> str:
     """The run's result in one line; a loud one when the result is no result (``warnings``)."""
     numbers = headline(settings.task.name, report)
@@ -159,10 +183,12 @@ def summary_line(settings: RunSettings, report: Mapping[str, Any]) -> str:
     return line
 
 
-def log_summary(settings: RunSettings, report: Mapping[str, Any]) -> str:
-    """Log the summary line (as a warning when the result is no result) and return it."""
+def log_summary(settings: RunSettings, report: Mapping[str, Any], label: str = "") -> str:
+    """Log the summary line (as a warning when the result is no result), after ``label`` (a
+    multi-task model's task), and return it."""
     line = summary_line(settings, report)
-    log.log(logging.WARNING if report.get("warnings") else logging.INFO, "%s", line)
+    level = logging.WARNING if report.get("warnings") else logging.INFO
+    log.log(level, "%s%s", f"{label}: " if label else "", line)
     return line
 
 

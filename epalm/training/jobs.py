@@ -11,7 +11,7 @@ from typing import Any
 from epalm.atomic import atomic_write_text
 from epalm.errors import MissingFileError
 from epalm.training.compose import to_yaml
-from epalm.training.settings import RunSettings
+from epalm.training.settings import RunSettings, SettingsError
 
 log = logging.getLogger("epalm")
 
@@ -24,33 +24,23 @@ def train(settings: RunSettings, resolved: dict[str, Any]) -> Path:
     return Trainer(settings, accelerator).fit()
 
 
-def evaluate(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, Any]:
-    """Score the saved model on ``eval.split`` (and blind); writes ``<run_dir>/eval/<split>``."""
-    from epalm.training.data import eval_samples, sample_dataset, split_sources
-    from epalm.training.evaluate import evaluate as run_evaluation
-    from epalm.training.evaluate import log_summary
-    from epalm.training.features import features_for
+def evaluate(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Score the saved model on ``eval.split`` (and blind) for every task it was trained for;
+    writes ``<run_dir>/eval/<split>`` (a multi-task run: ``<run_dir>/eval/<task>/<split>``)."""
+    from epalm.training.task_data import evaluate_tasks, load_task_data
 
     accelerator = _accelerator(settings)
-    out_dir = Path(settings.run_dir) / "eval" / settings.eval.split
-    _start(settings, resolved, accelerator, out_dir, "eval")
+    out_dir = Path(settings.run_dir) / "eval"
+    _start(settings, resolved, accelerator, out_dir / settings.eval.split, "eval")
     model = _load_model(settings, accelerator)
-    samples = eval_samples(settings)
-    features = None
-    if settings.train.features != "media":
-        perceiver = model.perceivers[settings.modality]
-        features = features_for(settings, perceiver, samples, accelerator)
-    report = run_evaluation(
-        model,
-        samples,
-        lambda chosen: sample_dataset(chosen, settings, model.perceivers, features, train=False),
-        settings,
-        out_dir=out_dir,
-        num_workers=0 if features is not None else settings.train.num_workers,
-        sources=split_sources(settings, {settings.eval.split: len(samples)}),
-    )
-    print(log_summary(settings, report))
-    return report
+    tasks = [
+        load_task_data(name, run, model, accelerator, multitask=bool(settings.jobs), test_only=True)
+        for name, run in settings.task_runs().items()
+    ]
+    rows = evaluate_tasks(model, tasks, out_dir)
+    for name, row in rows.items():
+        print(f"{name}: {row['summary']}" if settings.jobs else row["summary"])
+    return rows
 
 
 def predict(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, str]:
@@ -65,8 +55,15 @@ def predict(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, str]:
     model = _load_model(settings, accelerator)
     from epalm.data.dataset import decode
 
-    (slot, perceiver), *_ = model.perceivers.items()
-    media = [decode(m, perceiver, train=False) for m in settings.predict.media]
+    # a multi-task model perceives several modalities: modality=... picks the slot
+    slot = (
+        settings.modality if settings.modality in model.perceivers else next(iter(model.perceivers))
+    )
+    try:
+        model.task_for(slot, "caption" if settings.predict.question is None else "vqa")
+    except ValueError as err:
+        raise SettingsError(f"{settings.checkpoint or settings.run_dir}: {err}") from None
+    media = [decode(m, model.perceivers[slot], train=False) for m in settings.predict.media]
     generation = settings.eval.generation
     options = {"num_beams": generation.num_beams, "max_new_tokens": generation.max_new_tokens}
     if settings.predict.question is None:
@@ -115,17 +112,18 @@ def _load_model(settings: RunSettings, accelerator: Any) -> Any:
         )
     log.info("loading %s", directory)
     model = EPALM.from_pretrained(directory)
-    if settings.modality not in model.perceivers:
-        raise ValueError(
-            f"{directory} perceives {sorted(model.perceivers)}, not modality={settings.modality}"
-        )
+    for name, run in settings.task_runs().items():
+        if run.modality not in model.perceivers:
+            raise ValueError(
+                f"{directory} perceives {sorted(model.perceivers)}, not {run.modality} ({name})"
+            )
     return model.to(accelerator.device).eval()
 
 
 def _accelerator(settings: RunSettings, tracking: bool = False) -> Any:
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import ProjectConfiguration
+    from accelerate.utils import DistributedDataParallelKwargs, ProjectConfiguration
 
     # As the loss falls, backward passes through the frozen LM carry ever smaller gradients;
     # once they are subnormal, x86 CPUs slow down many times over. Flushing them to zero costs
@@ -134,6 +132,10 @@ def _accelerator(settings: RunSettings, tracking: bool = False) -> Any:
 
     precision = _precision(settings.train.mixed_precision)
     options: dict[str, Any] = {"mixed_precision": precision, "cpu": _cpu_processes()}
+    if len(settings.task_runs()) > 1:
+        # a step trains one task: the other slots' connectors (and per-task adapters) get no
+        # gradient, which DDP must be told to expect
+        options["kwargs_handlers"] = [DistributedDataParallelKwargs(find_unused_parameters=True)]
     if tracking:
         options["log_with"] = "tensorboard"
         options["project_config"] = ProjectConfiguration(
@@ -166,11 +168,15 @@ def _start(
     settings: RunSettings, resolved: dict[str, Any], accelerator: Any, out_dir: Path, job: str
 ) -> None:
     """Save the resolved config in ``out_dir`` (the run directory for training, the eval
-    directory for evaluation, so scoring never overwrites the training config), print it, and
-    log to ``out_dir/<job>.log``."""
+    directory for evaluation, so scoring never overwrites the training config), and a
+    multi-task run's jobs in ``out_dir/tasks/<task>.yaml``; print it, and log to
+    ``out_dir/<job>.log``."""
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", to_yaml(resolved))
+        for name, job in settings.job_configs.items():  # a multi-task run's jobs, as composed
+            (out_dir / "tasks").mkdir(exist_ok=True)
+            atomic_write_text(out_dir / "tasks" / f"{name}.yaml", to_yaml(job))
     accelerator.wait_for_everyone()
     _setup_logging(settings, accelerator.is_main_process, out_dir / f"{job}.log")
     if accelerator.is_main_process:

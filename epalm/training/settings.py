@@ -19,6 +19,7 @@ from epalm.config import (
     InjectionConfig,
     LMConfig,
     PerceiverConfig,
+    TaskConfig,
     TextConfig,
 )
 from epalm.tasks.vqa import VQA_EVAL_VERSIONS
@@ -126,6 +127,18 @@ class DemoSettings:
 
 
 @dataclass
+class MultitaskSettings:
+    """One model trained on several jobs at once (VL-Adapter's unified setting)."""
+
+    # task id -> the overrides that make its single-task job, e.g. [modality=audio, task=vqa];
+    # empty: this run's own job alone
+    tasks: dict[str, list[str]] = field(default_factory=dict)
+    # which task a step trains: p(task) ~ n ** (1 / temperature) for n training samples;
+    # 1: proportional to the tasks' sizes, larger: flatter (towards uniform)
+    temperature: float = 1.0
+
+
+@dataclass
 class RunSettings:
     modality: str
     task: TaskSettings
@@ -140,6 +153,11 @@ class RunSettings:
     run_dir: str
     demo: DemoSettings = field(default_factory=DemoSettings)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    multitask: MultitaskSettings = field(default_factory=MultitaskSettings)
+    # a multi-task run's jobs by task id (from multitask.tasks, made by epalm.training.compose),
+    # and each one's resolved config
+    jobs: dict[str, RunSettings] = field(default_factory=dict, repr=False)
+    job_configs: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
     seed: int = 0
     faithful: bool = False  # eP-ALM's code as released, where it differs (epalm.training.faithful)
     resume: str = "auto"  # "auto": continue from the run directory's last checkpoint; "never"
@@ -152,32 +170,42 @@ class RunSettings:
         """This run's task among a multi-task model's: ``<modality>-<task>``."""
         return f"{self.modality}-{self.task.name}"
 
+    def task_runs(self) -> dict[str, RunSettings]:
+        """The jobs this run trains by task id: a multi-task run's, else its own."""
+        return dict(self.jobs) or {self.task_id: self}
+
     def model_config(self) -> EPALMConfig:
-        """The model this run trains: one slot, named after the modality."""
+        """The model this run trains: a slot per modality, named after it; a multi-task model
+        also records each task's slot, kind and prompt."""
+        runs = self.task_runs()
+        first = next(iter(runs.values()))
         return EPALMConfig(
             lm=self.lm,
-            perceivers={self.modality: self.encoder},
+            perceivers={run.modality: run.encoder for run in runs.values()},
             # the run's seed, unless the connector has one of its own
             connector=dataclasses.replace(
                 self.connector,
                 seed=self.seed if self.connector.seed is None else self.connector.seed,
             ),
             injection=self.injection,
-            adapter=dataclasses.replace(
-                self.adapter, tasks=list(self.adapter.tasks) or [self.task_id]
-            ),
+            adapter=dataclasses.replace(self.adapter, tasks=list(self.adapter.tasks) or list(runs)),
             text=TextConfig(
-                caption_prompt=self.task.prompt if self.task.name == "caption" else "",
-                vqa_prompt=self.task.prompt if self.task.name == "vqa" else TextConfig.vqa_prompt,
+                caption_prompt=first.task.prompt if first.task.name == "caption" else "",
+                vqa_prompt=first.task.prompt if first.task.name == "vqa" else TextConfig.vqa_prompt,
                 loss_on_prompt=self.task.loss_on_prompt,
-                task=self.task.name,
+                task=first.task.name,
             ),
+            tasks={
+                name: TaskConfig(slot=run.modality, kind=run.task.name, prompt=run.task.prompt)
+                for name, run in self.jobs.items()
+            },
             model_cache=self.model_cache,
         )
 
 
-def from_container(data: dict[str, Any]) -> RunSettings:
-    """Strictly typed settings from the composed config (a plain dict); errors name the key."""
+def from_container(data: dict[str, Any], checked: bool = True) -> RunSettings:
+    """Strictly typed settings from the composed config (a plain dict); errors name the key.
+    ``checked=False`` leaves the values' checks (``check``) to the caller."""
     data = dict(data)
     encoder = data.pop("encoder")
     if encoder.get("modality") not in (None, data.get("modality")):
@@ -191,7 +219,8 @@ def from_container(data: dict[str, Any]) -> RunSettings:
         from epalm.training.faithful import as_released
 
         as_released(settings)
-    _check(settings)
+    if checked:
+        check(settings)
     return settings
 
 
@@ -233,11 +262,13 @@ _DATACLASSES: dict[str, type] = {
         PredictSettings,
         DemoSettings,
         AdapterConfig,
+        MultitaskSettings,
     )
 }
 
 
-def _check(s: RunSettings) -> None:
+def check(s: RunSettings) -> None:
+    """A SettingsError naming the first key whose value cannot work."""
     _one_of("train.mixed_precision", s.train.mixed_precision, MIXED_PRECISION)
     _one_of("train.features", s.train.features, FEATURES)
     _one_of("task.name", s.task.name, TASKS)
@@ -249,6 +280,7 @@ def _check(s: RunSettings) -> None:
     _one_of("data.on_bad_sample", s.data.on_bad_sample, ("skip", "error"))
     _one_of("injection.prefix_positions", s.injection.prefix_positions, PREFIX_POSITIONS)
     _check_adapter(s.adapter)
+    _check_multitask(s)
     if s.encoder.num_levels and s.connector.levels > s.encoder.num_levels:
         raise SettingsError(
             f"connector.levels={s.connector.levels} but the encoder has {s.encoder.num_levels} "
@@ -282,6 +314,24 @@ def _check_adapter(adapter: AdapterConfig) -> None:
         )
     if len(set(adapter.tasks)) != len(adapter.tasks):
         raise SettingsError(f"adapter.tasks={list(adapter.tasks)} names a task twice")
+
+
+def _check_multitask(s: RunSettings) -> None:
+    if s.multitask.temperature <= 0:
+        raise SettingsError(
+            f"multitask.temperature must be positive, got {s.multitask.temperature}"
+        )
+    for name, overrides in s.multitask.tasks.items():
+        if not isinstance(overrides, list) or not all(isinstance(o, str) for o in overrides):
+            raise SettingsError(
+                f"multitask.tasks.{name} must be a list of overrides, e.g. [modality=image, "
+                f"task=vqa]; got {overrides!r}"
+            )
+    if s.multitask.tasks and s.adapter.tasks and list(s.adapter.tasks) != list(s.multitask.tasks):
+        raise SettingsError(
+            f"adapter.tasks={list(s.adapter.tasks)} differs from the tasks of multitask.tasks "
+            f"{list(s.multitask.tasks)}; leave adapter.tasks empty"
+        )
 
 
 def _check_demo(demo: DemoSettings) -> None:

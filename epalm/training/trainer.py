@@ -16,27 +16,15 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
-from epalm.data.manifest import Sample
 from epalm.model import EPALM
-from epalm.tasks.collate import Collator, is_empty, model_inputs, to_device
-from epalm.tasks.vqa import unanswerable_note, unanswerable_questions
+from epalm.tasks.collate import Collator, TaskCollator, is_empty, model_inputs, to_device
 from epalm.training import checkpoint as ckpt
 from epalm.training import faithful
-from epalm.training.data import (
-    Positioned,
-    StepSampler,
-    batches,
-    eval_samples,
-    load_split,
-    one_per_caption,
-    sample_dataset,
-    split_sources,
-    subset,
-)
-from epalm.training.evaluate import evaluate, headline, log_summary, predict_samples, score
-from epalm.training.features import features_for
+from epalm.training.data import TaskItems, TaskSampler, batches, task_weights
+from epalm.training.evaluate import predict_samples, score, selection_score
 from epalm.training.optim import Schedule, build_optimization, check_recipe
 from epalm.training.settings import RunSettings, SettingsError
+from epalm.training.task_data import TaskData, evaluate_tasks, load_task_data
 
 log = logging.getLogger(__name__)
 
@@ -52,8 +40,9 @@ class TargetLoss(nn.Module):
         super().__init__()
         self.model = model
 
-    def forward(self, **batch: Any) -> tuple[torch.Tensor, int]:
-        return self.model.target_loss(**batch)
+    def forward(self, task: str | None = None, **batch: Any) -> tuple[torch.Tensor, int]:
+        with self.model.using_task(task):
+            return self.model.target_loss(**batch)
 
 
 class Trainer:
@@ -82,68 +71,55 @@ class Trainer:
 
     # --- data ------------------------------------------------------------------------------
     def _datasets(self) -> None:
-        s = self.s
-        self.train_samples = one_per_caption(load_split(s, "train"))
-        val = load_split(s, "val") if "val" in s.data.splits else []
-        self.val_samples = subset(val, s.train.val_samples, s.seed)
-        self.test_samples = eval_samples(s)
-        use_cache = self._use_cache()
-        if s.task.name == "vqa":
-            lost = unanswerable_questions(self.train_samples, s.task.vqa_eval)
-            if lost:
-                log.warning(
-                    unanswerable_note(lost, len(self.train_samples), s.task.vqa_eval, "train")
-                )
-        everything = [*self.train_samples, *self.val_samples, *self.test_samples]
-        features = (
-            features_for(s, self.model.perceivers[s.modality], everything, self.acc)
-            if use_cache
-            else None
-        )
-        counts = {"train": len(self.train_samples), s.eval.split: len(self.test_samples)}
-        if self.val_samples:
-            counts["val"] = len(self.val_samples)
-        self.sources = split_sources(s, counts)
-        log.info("perception from %s", "the feature cache" if use_cache else "media, every step")
-        self.features = features
-        self.train_set = self._dataset(self.train_samples, train=True)
-        self.val_set = self._dataset(self.val_samples, train=False) if self.val_samples else None
+        """Every task's splits and perception: the run's own job, or a multi-task run's jobs."""
+        multitask = bool(self.s.jobs)
+        self.tasks: list[TaskData] = [
+            load_task_data(name, run, self.model, self.acc, multitask=multitask)
+            for name, run in self.s.task_runs().items()
+        ]
 
-    def _use_cache(self) -> bool:
-        """Frozen features from the cache, unless augmenting, or unless the encoder's dropout
-        acts in training (``train.frozen_dropout``): cached features were computed without it."""
-        s = self.s
-        if s.train.features == "media" or (s.train.features == "auto" and s.train.augment):
-            return False
-        noisy = (
-            self.model.perceivers[s.modality].stochastic_layers() if s.train.frozen_dropout else []
-        )
-        if not noisy:
-            return True
-        if s.train.features == "cache":
-            raise SettingsError(
-                f"train.features=cache cannot apply the encoder's dropout or drop-path ({noisy[0]}"
-                f" and {len(noisy) - 1} more) that train.frozen_dropout turns on; set "
-                "train.features=media or train.frozen_dropout=false"
+    def _train_loader(self, total: int, start_step: int) -> Any:
+        """Batches of one task each, from ``start_step`` on (``TaskSampler``)."""
+        s, acc = self.s, self.acc
+        datasets = {t.name: t.dataset(t.train, train=True) for t in self.tasks}
+        sizes = [len(d) for d in datasets.values()]
+        weights = task_weights(sizes, s.multitask.temperature)
+        if len(self.tasks) > 1:
+            log.info(
+                "tasks and their share of the steps (multitask.temperature=%s): %s",
+                s.multitask.temperature,
+                ", ".join(f"{t.name} {100 * w:.1f}%" for t, w in zip(self.tasks, weights)),
             )
-        log.info(
-            "features from media: the encoder's dropout / drop-path (%d layers) acts in "
-            "training (train.frozen_dropout)",
-            len(noisy),
+        sampler = TaskSampler(
+            sizes,
+            weights,
+            batch_size=s.train.batch_size,
+            steps=total,
+            seed=s.seed,
+            start_step=start_step,
+            grad_accum=s.train.grad_accum,
+            rank=acc.process_index,
+            world_size=acc.num_processes,
         )
-        return False
-
-    def _dataset(self, samples: list[Sample], *, train: bool) -> Any:
-        return sample_dataset(samples, self.s, self.model.perceivers, self.features, train=train)
+        collate = TaskCollator(
+            {
+                # one caption per training pair: no draw
+                t.name: Collator(
+                    self.model, train=False, vqa_eval=t.run.task.vqa_eval, task=t.model_task
+                )
+                for t in self.tasks
+            }
+        )
+        workers = max(t.num_workers for t in self.tasks)
+        return batches(TaskItems(datasets, s.seed), collate, sampler=sampler, num_workers=workers)
 
     # --- the loop --------------------------------------------------------------------------
     def fit(self) -> Path:
         s, acc = self.s, self.acc
         self._datasets()
-        total = s.train.max_steps or math.ceil(
-            s.train.epochs * len(self.train_samples) / s.train.batch_size
-        )
-        per_epoch = math.ceil(len(self.train_samples) / s.train.batch_size)
+        samples = sum(len(t.train) for t in self.tasks)
+        total = s.train.max_steps or math.ceil(s.train.epochs * samples / s.train.batch_size)
+        per_epoch = math.ceil(samples / s.train.batch_size)
         optimizer, scheduler = build_optimization(
             self.model, s.train, Schedule(total_steps=total, steps_per_epoch=per_epoch)
         )
@@ -154,30 +130,14 @@ class Trainer:
             log.info("resumed from %s (step %d of %d)", latest, state["step"], total)
         wrapped, optimizer = acc.prepare(TargetLoss(self.model), optimizer)
         acc.init_trackers("tensorboard")
-        sampler = StepSampler(
-            len(self.train_set),
-            batch_size=s.train.batch_size,
-            steps=total,
-            seed=s.seed,
-            start_step=state["step"],
-            grad_accum=s.train.grad_accum,
-            rank=acc.process_index,
-            world_size=acc.num_processes,
-        )
-        loader = batches(
-            Positioned(self.train_set, s.seed),
-            # one caption per training pair: no draw
-            Collator(self.model, train=False, vqa_eval=s.task.vqa_eval),
-            sampler=sampler,
-            num_workers=0 if self.features is not None else s.train.num_workers,
-        )
+        loader = self._train_loader(total, state["step"])
         log.info(
             "training %d steps (%d done) of %d samples (%d per process x %d accumulation x %d "
             "processes), precision %s",
             total,
             state["step"],
             s.train.batch_size,
-            sampler.micro,
+            loader.batch_sampler.micro,
             s.train.grad_accum,
             acc.num_processes,
             acc.mixed_precision,
@@ -213,7 +173,7 @@ class Trainer:
                 self._log_train(state["step"], losses, scheduler, elapsed)
                 state["history"].append({"step": state["step"], "loss": sum(losses) / len(losses)})
                 losses, started = [], time.perf_counter()
-            if self.val_set is not None and (
+            if any(t.val for t in self.tasks) and (
                 state["step"] % s.train.eval_every == 0 or state["step"] == total
             ):
                 self._validate(state)
@@ -242,7 +202,8 @@ class Trainer:
         for i, batch in enumerate(parts):
             sync = i == len(parts) - 1
             with nullcontext() if sync else acc.no_sync(wrapped), acc.autocast():
-                summed, _ = wrapped(**to_device(model_inputs(batch), acc.device))
+                inputs = to_device(model_inputs(batch), acc.device)
+                summed, _ = wrapped(task=batch["task"], **inputs)
                 self._check_finite(summed, step, batch["ids"])
                 acc.backward(summed * acc.num_processes / max(tokens, 1))
             total += summed.item()
@@ -299,29 +260,41 @@ class Trainer:
 
     # --- validation, checkpoints, the end ----------------------------------------------------
     def _validate(self, state: dict[str, Any]) -> None:
-        s, acc = self.s, self.acc
+        acc = self.acc
         if acc.is_main_process:
-            predictions = predict_samples(
-                self.model,
-                self.val_set,
-                task=s.task.name,
-                generation=s.eval.generation,
-                batch_size=s.eval.batch_size,
-                desc="validating",
-            )
-            metrics = score(s.task.name, predictions, self.val_samples, s.task.vqa_eval)["metrics"]
-            value = metrics[s.task.metric]
-            log.info("step %d  val %s %.4f", state["step"], s.task.metric, value)
-            acc.log({f"val/{k}": v for k, v in metrics.items()}, state["step"])
+            values = {t.name: self._validate_task(t, state["step"]) for t in self.tasks if t.val}
+            metric, value = selection_score(values)
+            if len(values) > 1:
+                log.info("step %d  val %s %.4f", state["step"], metric, value)
             if state["history"]:
                 state["history"][-1]["val"] = value
+                if len(values) > 1:
+                    state["history"][-1]["val_tasks"] = {n: v for n, (_, v) in values.items()}
             if state["best"] is None or value > state["best"]:
                 state["best"], state["best_step"] = value, state["step"]
                 ckpt.publish_model(self.model, self.run_dir / "best")
-                log.info("new best val %s %.4f: saved %s", s.task.metric, value, "best/")
+                log.info("new best val %s %.4f: saved %s", metric, value, "best/")
         acc.wait_for_everyone()
         state["best"], state["best_step"] = _broadcast(acc, [state["best"], state["best_step"]])
         self.model.train()
+
+    def _validate_task(self, task: TaskData, step: int) -> tuple[str, float]:
+        """``(metric, value)`` of one task on its validation subset, logged."""
+        run, label = task.run, f"{task.name} " if task.model_task else ""
+        predictions = predict_samples(
+            self.model,
+            task.val_set,
+            task=run.task.name,
+            generation=run.eval.generation,
+            batch_size=run.eval.batch_size,
+            desc=f"validating {label}".strip(),
+            task_id=task.model_task,
+        )
+        metrics = score(run.task.name, predictions, task.val, run.task.vqa_eval)["metrics"]
+        log.info("step %d  val %s%s %.4f", step, label, run.task.metric, metrics[run.task.metric])
+        prefix = f"val/{task.name}/" if task.model_task else "val/"
+        self.acc.log({f"{prefix}{k}": v for k, v in metrics.items()}, step)
+        return run.task.metric, metrics[run.task.metric]
 
     def _save(self, optimizer, scheduler, state: dict[str, Any]) -> None:
         acc = self.acc
@@ -334,24 +307,18 @@ class Trainer:
         acc.wait_for_everyone()
 
     def _finish(self, state: dict[str, Any]) -> Path:
-        s, acc = self.s, self.acc
+        acc = self.acc
         final = self.run_dir / "final"
         if acc.is_main_process:
             ckpt.publish_model(self.model, final)
             log.info("saved the trained model: %s", final)
-            report = evaluate(
-                self.model,
-                self.test_samples,
-                lambda samples: self._dataset(samples, train=False),
-                s,
-                out_dir=self.run_dir / "eval" / s.eval.split,
-                sources=self.sources,
-            )
-            log_summary(s, report)
-            acc.log(
-                {f"{s.eval.split}/{k}": v for k, v in headline(s.task.name, report).items()},
-                state["step"],
-            )
+            rows = evaluate_tasks(self.model, self.tasks, self.run_dir / "eval")
+            for name, row in rows.items():
+                prefix = f"{name}/" if len(rows) > 1 else ""
+                numbers = {m: row[m] for m in ("seen", "blind") if m in row}
+                acc.log(
+                    {f"{prefix}{row['split']}/{m}": v for m, v in numbers.items()}, state["step"]
+                )
         acc.wait_for_everyone()
         acc.end_training()
         return final
