@@ -193,7 +193,7 @@ def test_per_task_sets_switch_with_the_task_and_train_apart(method):
         assert idle, "the caption task's own tensors got a gradient from a VQA batch"
         assert all("1" in n or "image-caption" in n for n in idle)
     with (
-        pytest.raises(KeyError, match="no adapters for task 'audio-vqa'"),
+        pytest.raises(KeyError, match="no task 'audio-vqa'"),
         model.using_task("audio-vqa"),
     ):
         pass

@@ -145,7 +145,7 @@ def group_overrides(group: str, name: str) -> list[str]:
         encoder = preset("encoder", name)
         overrides.insert(0, f"modality={encoder['modality']}")
         overrides.append(f"connector.levels={min(6, encoder['perceiver']['num_levels'])}")
-    if group == "experiment" and name.startswith("embedded-"):  # embedded-{modality}-{task}
+    if group == "experiment" and name.count("-") == 2:  # embedded-{modality}-{task}
         _, modality, task = name.split("-")
         overrides[:0] = [f"modality={modality}", f"task={task}"]
     if (group == "data" and not preset("data", name)["embedded"]) or (

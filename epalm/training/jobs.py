@@ -174,9 +174,9 @@ def _start(
     if accelerator.is_main_process:
         out_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(out_dir / "config.yaml", to_yaml(resolved))
-        for name, job in settings.job_configs.items():  # a multi-task run's jobs, as composed
+        for name, composed in settings.job_configs.items():  # a multi-task run's jobs
             (out_dir / "tasks").mkdir(exist_ok=True)
-            atomic_write_text(out_dir / "tasks" / f"{name}.yaml", to_yaml(job))
+            atomic_write_text(out_dir / "tasks" / f"{name}.yaml", to_yaml(composed))
     accelerator.wait_for_everyone()
     _setup_logging(settings, accelerator.is_main_process, out_dir / f"{job}.log")
     if accelerator.is_main_process:
