@@ -138,6 +138,7 @@ def help_text(command: str) -> str:
         "  epalm train modality=video task=vqa train.max_steps=50 eval.blind=false",
         "  epalm train data=manifest data.root=DIR  (your own train/val/test.jsonl; any modality:",
         "                                           modality=video; check them: epalm data check DIR)",
+        "  epalm train experiment=embedded-multitask adapter=lora  (one model, the six main jobs)",
         "  accelerate launch -m epalm train modality=image  (many processes or GPUs)",
         "  epalm demo  (every runs/*/final in a web page; demo.port=8080 demo.auth=me:secret)",
     ]

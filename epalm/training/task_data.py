@@ -3,12 +3,14 @@ media), its datasets, and the test report. A multi-task run holds one of these p
 
 from __future__ import annotations
 
+import json
 import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from epalm.atomic import atomic_write_text
 from epalm.data.manifest import Sample
 from epalm.model import EPALM
 from epalm.tasks.vqa import unanswerable_note, unanswerable_questions
@@ -146,10 +148,6 @@ def evaluate_tasks(
 
 def _write_summary(path: Path, rows: dict[str, dict[str, Any]]) -> None:
     """Every task's score and blind score, and their means in reported units (%, CIDEr x 100)."""
-    import json
-
-    from epalm.atomic import atomic_write_text
-
     means = {
         mode: sum(reported(r["metric"], r[mode]) for r in rows.values()) / len(rows)
         for mode in ("seen", "blind")
