@@ -218,6 +218,7 @@ def test_a_multitask_run_trains_evaluates_and_predicts_every_task(tmp_path, caps
 
     served = load_models([run / "final"])
     (name,) = served
+    assert served[name].task_on("audio") == "caption" and served[name].task_on("image") == "vqa"
     ask = [served, Limits(50, 60), "audio", name, str(sound[0])]
     text, who = respond(*ask, DESCRIBE, "", GREEDY, 1, 3)
     assert isinstance(text, str) and name in who

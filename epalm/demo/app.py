@@ -131,11 +131,11 @@ def _tab(
         with gr.Column():
             media = _media_input(modality, limits)
             model = gr.Dropdown([m.name for m in served], value=first.name, label="Model")
-            task = gr.Radio([DESCRIBE, ASK], value=_task_for(first), label="Task")
+            task = gr.Radio([DESCRIBE, ASK], value=_task_for(first, modality), label="Task")
             question = gr.Textbox(
                 label="Question",
                 placeholder="e.g. what color is the shape?",
-                visible=_task_for(first) == ASK,
+                visible=_task_for(first, modality) == ASK,
                 elem_id=f"{modality}-question",
             )
             with gr.Accordion("Decoding", open=False):
@@ -159,7 +159,7 @@ def _tab(
 
     by_name = {m.name: m for m in served}
     task.change(lambda t: gr.update(visible=t == ASK), task, question, api_visibility="private")
-    model.change(lambda n: _task_for(by_name[n]), model, task, api_visibility="private")
+    model.change(lambda n: _task_for(by_name[n], modality), model, task, api_visibility="private")
     run_model = partial(respond, by_name, limits, modality)
     inputs, outputs = [model, media, task, question, decoding, beams, tokens], [answer, who]
     limit = {"concurrency_limit": concurrency, "concurrency_id": CONCURRENCY_ID}
@@ -184,8 +184,8 @@ def _media_input(modality: str, limits: Limits) -> gr.components.Component:
     return _read_kindly(component, modality, limits)
 
 
-def _task_for(model: ServedModel) -> str:
-    return ASK if model.task == "vqa" else DESCRIBE
+def _task_for(model: ServedModel, modality: str) -> str:
+    return ASK if model.task_on(modality) == "vqa" else DESCRIBE
 
 
 def _no_model_text(modality: str) -> str:

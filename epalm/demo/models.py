@@ -38,6 +38,15 @@ class ServedModel:
         slots = [s for s, p in self.model.perceivers.items() if p.modality == modality]
         return slots[0] if slots else None
 
+    def task_on(self, modality: str) -> str | None:
+        """What it does on ``modality``: a multi-task model's task there ("vqa" first), else
+        what it was trained for."""
+        slot = self.slot_for(modality)
+        kinds = {t.kind for t in self.model.config.tasks.values() if t.slot == slot}
+        if kinds:
+            return "vqa" if "vqa" in kinds else "caption"
+        return self.task
+
 
 def checkpoints_to_serve(given: Sequence[str], runs: str) -> list[Path]:
     """The given checkpoints, else every ``<runs>/*/final`` (what ``epalm train`` leaves)."""
