@@ -77,10 +77,11 @@ class LoRAAdapters(LMAdapter):
 
     def _switched(self) -> None:
         active = self.names[self.set_index()]
-        for layer in self._layers.values():
-            if layer.active_adapters != [active]:
-                layer.set_adapter(active)
-        self._trainable()
+        stale = [layer for layer in self._layers.values() if layer.active_adapters != [active]]
+        for layer in stale:
+            layer.set_adapter(active)
+        if stale:  # only set_adapter freezes: a step on the active set has nothing to undo
+            self._trainable()
 
     def lm_parameter_names(self) -> set[str]:
         names = set()
