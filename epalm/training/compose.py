@@ -57,27 +57,24 @@ def _job(
     overrides (but its experiment and multitask.*) and then the task's, which win. The job
     brings its data, encoder and evaluation; the model, optimisation and validation are the
     run's."""
-    own = {_key(o) for o in task_overrides}
-    inherited = [o for o in overrides if _key(o) not in own and not _run_only(_key(o))]
+    given = {_key(o) for o in task_overrides}
+    inherited = [o for o in overrides if _key(o) not in given and not _run_only(_key(o))]
     try:
         resolved = compose([*inherited, *task_overrides])
-        job = from_container(resolved, checked=False)  # checked with the run's model below
-    except (ComposeError, SettingsError) as err:
-        raise SettingsError(f"multitask.tasks.{name}: {err}") from None
-    job = dataclasses.replace(
-        run,
-        modality=job.modality,
-        task=job.task,
-        data=job.data,
-        encoder=job.encoder,
-        eval=job.eval,
-        multitask=dataclasses.replace(run.multitask, tasks={}),
-        jobs={},
-        job_configs={},
-    )
-    try:
+        own = from_container(resolved, checked=False)  # checked with the run's model below
+        job = dataclasses.replace(
+            run,
+            modality=own.modality,
+            task=own.task,
+            data=own.data,
+            encoder=own.encoder,
+            eval=own.eval,
+            multitask=dataclasses.replace(run.multitask, tasks={}),
+            jobs={},
+            job_configs={},
+        )
         check(job)  # e.g. connector.levels against this job's encoder
-    except SettingsError as err:
+    except (ComposeError, SettingsError) as err:
         raise SettingsError(f"multitask.tasks.{name}: {err}") from None
     return job, resolved
 
