@@ -131,11 +131,12 @@ def _tab(
         with gr.Column():
             media = _media_input(modality, limits)
             model = gr.Dropdown([m.name for m in served], value=first.name, label="Model")
-            task = gr.Radio([DESCRIBE, ASK], value=_task_for(first, modality), label="Task")
+            proposed = _task_for(first, modality)
+            task = gr.Radio([DESCRIBE, ASK], value=proposed, label="Task")
             question = gr.Textbox(
                 label="Question",
                 placeholder="e.g. what color is the shape?",
-                visible=_task_for(first, modality) == ASK,
+                visible=proposed == ASK,
                 elem_id=f"{modality}-question",
             )
             with gr.Accordion("Decoding", open=False):
