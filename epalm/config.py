@@ -45,6 +45,9 @@ class ConnectorConfig:
     """eP-ALM's trainable part: per-level projections and a soft prompt."""
 
     levels: int = 6  # how many of the encoder's last layers are projected
+    # per slot, where it differs from `levels` (encoders of different depths in one model,
+    # e.g. {audio: 4} for Whisper tiny's 4 layers beside a 12-layer image encoder)
+    slot_levels: dict[str, int] = field(default_factory=dict)
     shared: bool = False  # one Linear for all levels instead of one each
     prompt_tokens: int = 10
     prompt_mlp: bool = True  # Embedding -> Linear -> Tanh -> Linear reparametrisation
@@ -54,6 +57,10 @@ class ConnectorConfig:
     # nothing that ran before (model conversion, dataset builds) can change it; None: from
     # torch's global generator, as any nn.Module.
     seed: int | None = None
+
+    def levels_for(self, slot: str) -> int:
+        """How many of the last levels of ``slot``'s encoder are projected and injected."""
+        return self.slot_levels.get(slot, self.levels)
 
 
 PREFIX_POSITIONS = ("counted", "none")

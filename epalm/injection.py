@@ -166,15 +166,20 @@ class Injector:
     def __init__(
         self,
         lm: nn.Module,
-        schedule: dict[int, int],
+        schedule: dict[int, tuple[int, ...]],
         num_slots: int,
         prompt_tokens: int,
         prefix_positions: str = "counted",
     ):
+        """``schedule``: LM layer -> the encoder level each slot gets there, slot by slot (one
+        ``injection_schedule`` per slot, zipped: slots may have different numbers of levels)."""
         if prefix_positions not in PREFIX_POSITIONS:
             raise ValueError(
                 f"prefix_positions={prefix_positions!r} is not one of {', '.join(PREFIX_POSITIONS)}"
             )
+        wrong = {layer: levels for layer, levels in schedule.items() if len(levels) != num_slots}
+        if wrong:
+            raise ValueError(f"schedule gives levels for other than {num_slots} slots: {wrong}")
         self.schedule = dict(schedule)
         self.num_slots = num_slots
         self.prompt_tokens = prompt_tokens
@@ -189,9 +194,9 @@ class Injector:
             lm.get_input_embeddings().register_forward_hook(self._embed_prefix),
             *(
                 layers[index].register_forward_pre_hook(
-                    self._make_layer_hook(level), with_kwargs=True
+                    self._make_layer_hook(levels), with_kwargs=True
                 )
-                for index, level in self.schedule.items()
+                for index, levels in self.schedule.items()
             ),
             *(
                 layers[index].register_forward_pre_hook(self._detach_slots, with_kwargs=True)
@@ -365,11 +370,13 @@ class Injector:
             )
         return call.at_start
 
-    def _make_layer_hook(self, level: int):
+    def _make_layer_hook(self, levels: tuple[int, ...]):
         def hook(module: nn.Module, args: tuple, kwargs: dict[str, Any]):
-            if self._active is None or not self._call_at_start(f"injection layer (level {level})"):
+            if self._active is None or not self._call_at_start(
+                f"injection layer (levels {levels})"
+            ):
                 return None
-            place = partial(self._place_tokens, slot_tokens=self._active.slot_tokens, level=level)
+            place = partial(self._place_tokens, slot_tokens=self._active.slot_tokens, levels=levels)
             return _with_hidden(args, kwargs, place, self._active.call.length)
 
         return hook
@@ -400,13 +407,16 @@ class Injector:
         return _with_hidden(args, kwargs, cut, self._active.call.length)
 
     def _place_tokens(
-        self, hidden: torch.Tensor, slot_tokens: Sequence[torch.Tensor | None], level: int
+        self,
+        hidden: torch.Tensor,
+        slot_tokens: Sequence[torch.Tensor | None],
+        levels: tuple[int, ...],
     ) -> torch.Tensor:
         slots = [
             hidden[:, i : i + 1]
             if tokens is None
             else _match_batch(tokens[:, level : level + 1], hidden)
-            for i, tokens in enumerate(slot_tokens)
+            for i, (tokens, level) in enumerate(zip(slot_tokens, levels))
         ]
         return torch.cat([*slots, hidden[:, self.num_slots :]], dim=1)
 

@@ -102,8 +102,14 @@ class EPALM(nn.Module):
         self.frozen_dropout = False
         self._check_promises()
         self._lm_takes = _lm_arguments(self.lm)
+        unknown = sorted(set(config.connector.slot_levels) - set(self.perceivers))
+        if unknown:
+            raise ValueError(
+                f"connector.slot_levels names {unknown}, which are not slots of this model "
+                f"({', '.join(self.perceivers) or 'none'})"
+            )
         for slot, perceiver in self.perceivers.items():
-            _check_levels(slot, perceiver, config.connector.levels)
+            _check_levels(slot, perceiver, config.connector.levels_for(slot))
         with _own_generator(config.connector.seed):
             self.connectors = self._build_connectors()
             self.prompt = self._build_prompt()
@@ -139,7 +145,7 @@ class EPALM(nn.Module):
         c, lm_dim = self.config.connector, self.lm.config.get_text_config().hidden_size
         return nn.ModuleDict(
             {
-                slot: LevelProjection(p.hidden_size, lm_dim, c.levels, c.shared)
+                slot: LevelProjection(p.hidden_size, lm_dim, c.levels_for(slot), c.shared)
                 for slot, p in self.perceivers.items()
             }
         )
@@ -154,11 +160,14 @@ class EPALM(nn.Module):
     def _build_injector(self) -> Injector:
         c, injection = self.config.connector, self.config.injection
         num_layers = len(decoder_layers(self.lm))
-        schedule = {}  # a text-only model (soft prompt alone) injects nothing
-        if self.perceivers:
-            schedule = injection_schedule(
-                num_layers, c.levels, injection.first_layer, injection.last_layer
+        per_slot = [  # each slot spreads its own levels over the same layers
+            injection_schedule(
+                num_layers, c.levels_for(slot), injection.first_layer, injection.last_layer
             )
+            for slot in self.perceivers
+        ]
+        # a text-only model (soft prompt alone) injects nothing
+        schedule = {layer: tuple(s[layer] for s in per_slot) for layer in next(iter(per_slot), {})}
         return Injector(
             self.lm, schedule, len(self.perceivers), c.prompt_tokens, injection.prefix_positions
         )
@@ -738,7 +747,8 @@ def _check_levels(slot: str, perceiver: Perceiver, levels: int) -> None:
     if levels > perceiver.num_levels:
         raise ValueError(
             f"connector.levels={levels} but perceiver {slot!r} ({type(perceiver).__name__}) has only "
-            f"{perceiver.num_levels} levels; lower connector.levels"
+            f"{perceiver.num_levels} levels; lower connector.levels or set "
+            f"connector.slot_levels.{slot}"
         )
 
 

@@ -47,6 +47,13 @@ def test_more_levels_than_the_encoder_has():
         ValueError, match=r"connector.levels=5 but perceiver 'image' .* has only 4 levels"
     ):
         build(config)
+    with pytest.raises(ValueError, match=r"has only 4 levels; .* connector.slot_levels.image"):
+        build(tiny_config(slot_levels={"image": 5}))
+
+
+def test_levels_for_a_slot_the_model_does_not_have():
+    with pytest.raises(ValueError, match=r"slot_levels names \['audio'\], .* \(image\)"):
+        build(tiny_config(slot_levels={"audio": 2}))
 
 
 def test_more_levels_than_injection_layers():

@@ -93,8 +93,16 @@ def test_perception_reaches_the_text(lm):
     assert torch.isfinite(blind).all()
 
 
-def test_each_injection_layer_receives_its_scheduled_level():
-    model = tiny_model("llama", ["image", "audio"]).eval()
+@pytest.mark.parametrize(
+    "slot_levels, schedule",
+    [
+        ({}, {1: (0, 0), 2: (0, 0), 3: (1, 1)}),
+        # slots of different depths: each spreads its own levels over the same layers
+        ({"audio": 3}, {1: (0, 0), 2: (0, 1), 3: (1, 2)}),
+    ],
+)
+def test_each_injection_layer_receives_its_scheduled_level(slot_levels, schedule):
+    model = tiny_model("llama", ["image", "audio"], slot_levels=slot_levels).eval()
     media = media_batch(model, ["image", "audio"], size=2)
     tokens = model.perceive(media)
     seen = {}
@@ -110,10 +118,10 @@ def test_each_injection_layer_receives_its_scheduled_level():
         model(ids, media=media)
     for hook in hooks:
         hook.remove()
-    schedule = model.injector.schedule
-    assert schedule == {1: 0, 2: 0, 3: 1}
-    for layer, level in schedule.items():
-        for slot, slot_tokens in enumerate(tokens):
+    assert model.injector.schedule == schedule
+    assert [t.shape[1] for t in tokens] == [2, slot_levels.get("audio", 2)]
+    for layer, levels in schedule.items():
+        for slot, (slot_tokens, level) in enumerate(zip(tokens, levels)):
             torch.testing.assert_close(seen[layer][:, slot], slot_tokens[:, level])
     assert not torch.allclose(seen[0][:, 0], tokens[0][:, 0])  # before injection: the placeholder
 

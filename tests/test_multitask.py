@@ -87,7 +87,18 @@ def test_a_modality_with_two_encoders_is_refused_naming_both_tasks():
     with pytest.raises(SettingsError, match=r"image-vqa and image-caption.*one encoder per"):
         settings([
             "experiment=embedded-multitask",
-            "multitask.tasks.image-caption=['modality=image','task=caption','encoder=tiny-image']",
+            "multitask.tasks.image-caption="
+            "['modality=image','task=caption','encoder=tiny-image','connector.levels=4']",
+        ])  # fmt: skip
+
+
+def test_each_slot_gets_its_own_jobs_levels():
+    run, _ = settings(["experiment=embedded-multitask"])
+    assert run.model_config().connector.slot_levels == {"image": 6, "video": 6, "audio": 4}
+    with pytest.raises(SettingsError, match=r"image-vqa and image-caption.*levels=6 and 3"):
+        settings([
+            "experiment=embedded-multitask",
+            "multitask.tasks.image-caption=['modality=image','task=caption','connector.levels=3']",
         ])  # fmt: skip
 
 
@@ -168,18 +179,19 @@ def test_a_multitask_model_round_trips_with_its_tasks(tmp_path):
 
 
 # --- a whole run ---------------------------------------------------------------------------------
-def tiny_multitask(tmp_path, *extra, tasks=("image-vqa", "audio-vqa")):
+def tiny_multitask(tmp_path, *extra, tasks=("image-vqa", "audio-vqa"), own=None):
     """A tiny run of experiment=embedded-multitask on ``tasks``, each with a tiny encoder."""
     from test_train_cli import TINY, multitask
 
     cache, run = f"model_cache={tmp_path / 'cache'}", f"run_dir={tmp_path / 'run'}"
-    return [*multitask(*tasks), *TINY, cache, run, *extra]
+    return [*multitask(*tasks, own=own), *TINY, cache, run, *extra]
 
 
 def test_a_multitask_run_trains_evaluates_and_predicts_every_task(tmp_path, capsys):
     args = tiny_multitask(
         tmp_path, "train.max_steps=6", "train.eval_every=3", "adapter=bottleneck",
         "adapter.shared=false", tasks=("image-vqa", "audio-caption"),
+        own={"audio-caption": ["connector.levels=3"]},  # a slot with levels of its own
     )  # fmt: skip
     assert main(["train", *args]) == 0
     run = tmp_path / "run"
@@ -197,6 +209,7 @@ def test_a_multitask_run_trains_evaluates_and_predicts_every_task(tmp_path, caps
     model = EPALM.from_pretrained(run / "final")
     assert list(model.config.tasks) == model.config.adapter.tasks == ["image-vqa", "audio-caption"]
     assert model.adapter.sets == 2
+    assert {slot: c.levels for slot, c in model.connectors.items()} == {"image": 2, "audio": 3}
 
     capsys.readouterr()
     assert main(["eval", *args, "eval.blind=false"]) == 0

@@ -50,12 +50,14 @@ def tiny(tmp_path: Path, modality: str = "image", task: str = "vqa", *extra: str
 TASKS = ("image-vqa", "image-caption", "video-vqa", "video-caption", "audio-vqa", "audio-caption")
 
 
-def multitask(*tasks: str) -> list[str]:
-    """experiment=embedded-multitask on ``tasks`` alone, each with its tiny encoder."""
+def multitask(*tasks: str, own: dict[str, list[str]] | None = None) -> list[str]:
+    """experiment=embedded-multitask on ``tasks`` alone, each with its tiny encoder (and the
+    overrides ``own`` gives it)."""
     args = ["experiment=embedded-multitask"]
     for name in TASKS:
         modality, task = name.split("-")
         job = [f"modality={modality}", f"task={task}", f"encoder=tiny-{modality}"]
+        job += (own or {}).get(name, [])
         listed = f"[{','.join(repr(o) for o in job)}]"
         args.append(
             f"multitask.tasks.{name}={listed}" if name in tasks else f"~multitask.tasks.{name}"

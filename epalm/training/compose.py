@@ -68,6 +68,10 @@ def _job(
             task=own.task,
             data=own.data,
             encoder=own.encoder,
+            # its slot's levels are its own job's (Whisper tiny's 4 beside an image encoder's 6)
+            connector=dataclasses.replace(
+                run.connector, levels=own.connector.levels_for(own.modality), slot_levels={}
+            ),
             eval=own.eval,
             multitask=dataclasses.replace(run.multitask, tasks={}),
             jobs={},
@@ -80,15 +84,22 @@ def _job(
 
 
 def _check_slots(run: RunSettings) -> None:
-    """One encoder per modality: a multi-task model has one slot for each."""
-    encoders: dict[str, tuple[str, Any]] = {}
+    """One encoder per modality, and one number of levels: a multi-task model has one slot for
+    each."""
+    slots: dict[str, tuple[str, RunSettings]] = {}
     for name, job in run.jobs.items():
-        first = encoders.setdefault(job.modality, (name, job.encoder))
-        if first[1] != job.encoder:
+        first_name, first = slots.setdefault(job.modality, (name, job))
+        if first.encoder != job.encoder:
             raise SettingsError(
-                f"multitask.tasks: {first[0]} and {name} are both {job.modality} tasks but use "
-                f"different encoders ({first[1].name} and {job.encoder.name}); a multi-task "
+                f"multitask.tasks: {first_name} and {name} are both {job.modality} tasks but use "
+                f"different encoders ({first.encoder.name} and {job.encoder.name}); a multi-task "
                 "model has one encoder per modality"
+            )
+        if first.connector.levels != job.connector.levels:
+            raise SettingsError(
+                f"multitask.tasks: {first_name} and {name} are both {job.modality} tasks but use "
+                f"connector.levels={first.connector.levels} and {job.connector.levels}; a "
+                "multi-task model has one slot per modality"
             )
 
 

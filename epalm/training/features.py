@@ -33,7 +33,9 @@ def features_for(
         progress=accelerator.is_local_main_process,
     )
     accelerator.wait_for_everyone()
-    return cache.load(_cached(cache, paths), levels=settings.connector.levels)
+    return cache.load(
+        _cached(cache, paths), levels=settings.connector.levels_for(settings.modality)
+    )
 
 
 def _cached(cache: FeatureCache, paths: list[str]) -> list[str]:

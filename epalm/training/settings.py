@@ -186,6 +186,9 @@ class RunSettings:
             connector=dataclasses.replace(
                 self.connector,
                 seed=self.seed if self.connector.seed is None else self.connector.seed,
+                # a multi-task model's slots: each with its own jobs' levels
+                slot_levels={r.modality: r.connector.levels for r in self.jobs.values()}
+                or self.connector.slot_levels,
             ),
             injection=self.injection,
             adapter=dataclasses.replace(self.adapter, tasks=list(self.adapter.tasks) or list(runs)),
@@ -281,10 +284,12 @@ def check(s: RunSettings) -> None:
     _one_of("injection.prefix_positions", s.injection.prefix_positions, PREFIX_POSITIONS)
     _check_adapter(s.adapter)
     _check_multitask(s)
-    if s.encoder.num_levels and s.connector.levels > s.encoder.num_levels:
+    levels = s.connector.levels_for(s.modality)
+    if s.encoder.num_levels and levels > s.encoder.num_levels:
+        key = f"slot_levels.{s.modality}" if s.modality in s.connector.slot_levels else "levels"
         raise SettingsError(
-            f"connector.levels={s.connector.levels} but the encoder has {s.encoder.num_levels} "
-            f"levels; set connector.levels={s.encoder.num_levels} or fewer"
+            f"connector.{key}={levels} but the encoder has {s.encoder.num_levels} "
+            f"levels; set connector.{key}={s.encoder.num_levels} or fewer"
         )
     if s.train.features == "cache" and s.train.augment:
         raise SettingsError("train.features=cache cannot augment media; set train.augment=false")
