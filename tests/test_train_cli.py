@@ -5,6 +5,7 @@ processes under `accelerate launch`."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -184,6 +185,19 @@ def test_an_adapter_run_loads_in_eval_predict_and_the_demo(tmp_path, method, cap
     assert (first.lm is second.lm) == (method != "lora")  # LoRA changes its LM: not shared
     for s in served.values():
         assert isinstance(s.model.answer(str(image), "what shape?"), str)
+
+
+def test_a_cpu_run_trains_in_bf16_when_asked_and_saves_fp32(tmp_path):
+    """`train.mixed_precision=bf16` on a CPU: autocast in bf16, the trained tensors kept and
+    saved in fp32, LoRA's B (zero at the start) trained."""
+    args = tiny(tmp_path, "image", "vqa", "train.max_steps=3", "adapter=lora")
+    assert main(["train", *args, "train.mixed_precision=bf16", "eval.blind=false"]) == 0
+    assert "precision bf16" in (tmp_path / "run" / "train.log").read_text()
+    weights = _final_weights(tmp_path / "run")
+    assert {t.dtype for t in weights.values()} == {torch.float32}
+    lora_b = [t for k, t in weights.items() if "lora_B" in k]
+    assert lora_b and all(t.abs().sum() > 0 for t in lora_b)
+    assert all(math.isfinite(loss) for loss in history(tmp_path / "run"))
 
 
 def test_eval_without_a_trained_model_says_how_to_train_one(tmp_path, capsys):

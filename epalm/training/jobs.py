@@ -153,8 +153,9 @@ def _cpu_processes() -> bool:
 
 
 def _precision(choice: str) -> str:
-    """``auto``: bf16 on GPUs that support it, else fp16 on GPUs, fp32 on CPUs (whose bf16 is
-    emulated, and slower, without AMX)."""
+    """``auto``: bf16 on GPUs that support it, else fp16 on GPUs, fp32 on CPUs: bf16 is faster
+    only on CPUs with bf16 instructions (AVX512-BF16, AMX), and it changes the numbers, so
+    there it is asked for (``bf16``), not assumed."""
     if choice != "auto":
         return choice
     import torch
