@@ -189,9 +189,11 @@ def test_an_adapter_run_loads_in_eval_predict_and_the_demo(tmp_path, method, cap
 
 def test_a_cpu_run_trains_in_bf16_when_asked_and_saves_fp32(tmp_path):
     """`train.mixed_precision=bf16` on a CPU: autocast in bf16, the trained tensors kept and
-    saved in fp32, LoRA's B (zero at the start) trained."""
+    saved in fp32, LoRA's B (zero at the start) trained. In its own process: accelerate keeps
+    one precision per process, and earlier tests set fp32."""
     args = tiny(tmp_path, "image", "vqa", "train.max_steps=3", "adapter=lora")
-    assert main(["train", *args, "train.mixed_precision=bf16", "eval.blind=false"]) == 0
+    run = run_cli(["train", *args, "train.mixed_precision=bf16", "eval.blind=false"])
+    assert run.wait(timeout=600) == 0, run.stdout.read()
     assert "precision bf16" in (tmp_path / "run" / "train.log").read_text()
     weights = _final_weights(tmp_path / "run")
     assert {t.dtype for t in weights.values()} == {torch.float32}
