@@ -196,14 +196,14 @@ class EPALM(nn.Module):
         parts, LoRA's layers inside the LM among them, stay in eval unless ``frozen_dropout``
         is set."""
         renamed = hasattr(type(self.lm), "is_activation_checkpointing")  # in later 5.x releases
-        flag = "is_activation_checkpointing" if renamed else "is_gradient_checkpointing"
-        if mode and getattr(self.lm, flag, False):
+        kind = "activation" if renamed else "gradient"
+        if mode and getattr(self.lm, f"is_{kind}_checkpointing", False):
             # HF checkpoints only modules in training mode, and its recomputation in the
             # backward pass would run outside the injection: both would be silently wrong
             raise ValueError(
                 "gradient checkpointing of the frozen LM is not supported: epalm keeps the LM in "
                 "eval mode and injects through hooks that its recomputation would miss; call "
-                "model.lm.gradient_checkpointing_disable()"
+                f"model.lm.{kind}_checkpointing_disable()"
             )
         super().train(mode)
         if not (mode and self.frozen_dropout):
