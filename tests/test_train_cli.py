@@ -81,6 +81,15 @@ def run_cli(args: list[str], env: dict[str, str] | None = None, **kwargs) -> sub
     )
 
 
+def run_to_end(args: list[str]) -> str:
+    """Run the CLI in a process of its own to its end, and return its output. The output is read
+    as it comes, so a full pipe never stalls the run; a failure shows it."""
+    proc = run_cli(args)
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out
+    return out
+
+
 def history(run_dir: Path) -> list[float]:
     last = sorted((run_dir / "checkpoints").iterdir())[-1]
     return [h["loss"] for h in json.loads((last / "trainer_state.json").read_text())["history"]]
@@ -192,8 +201,7 @@ def test_a_cpu_run_trains_in_bf16_when_asked_and_saves_fp32(tmp_path):
     saved in fp32, LoRA's B (zero at the start) trained. In its own process: accelerate keeps
     one precision per process, and earlier tests set fp32."""
     args = tiny(tmp_path, "image", "vqa", "train.max_steps=3", "adapter=lora")
-    run = run_cli(["train", *args, "train.mixed_precision=bf16", "eval.blind=false"])
-    assert run.wait(timeout=600) == 0, run.stdout.read()
+    run_to_end(["train", *args, "train.mixed_precision=bf16", "eval.blind=false"])
     assert "precision bf16" in (tmp_path / "run" / "train.log").read_text()
     weights = _final_weights(tmp_path / "run")
     assert {t.dtype for t in weights.values()} == {torch.float32}
@@ -240,7 +248,7 @@ def test_resume_after_sigkill_ends_bit_identical(tmp_path, adapter):
     steps = ["train.max_steps=40", "train.save_every=4", "train.eval_every=100", "eval.blind=false"]
     steps += adapter
     straight = tiny(tmp_path / "a", "image", "vqa", *steps)
-    assert run_cli(["train", *straight]).wait(timeout=600) == 0
+    run_to_end(["train", *straight])
 
     killed = tiny(tmp_path / "b", "image", "vqa", *steps)
     proc = run_cli(["train", *killed])
@@ -253,7 +261,7 @@ def test_resume_after_sigkill_ends_bit_identical(tmp_path, adapter):
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert not (tmp_path / "b" / "run" / "final").exists(), "the run ended before the kill"
-    assert run_cli(["train", *killed]).wait(timeout=600) == 0
+    run_to_end(["train", *killed])
     log = (tmp_path / "b" / "run" / "train.log").read_text()
     assert "resumed from" in log, "the second run started over instead of resuming"
 
@@ -283,9 +291,9 @@ def test_a_warm_cache_trains_the_model_a_cold_one_does(tmp_path):
     encoder, whose conversion on a cold start builds a randomly initialised model first."""
     steps = ["train.max_steps=12", "train.eval_every=100", "eval.blind=false"]
     cold = [a for a in tiny(tmp_path, "image", "vqa", *steps) if not a.startswith("encoder=")]
-    assert run_cli(["train", *cold]).wait(timeout=600) == 0
+    run_to_end(["train", *cold])
     warm = [a if not a.startswith("run_dir=") else f"run_dir={tmp_path / 'warm'}" for a in cold]
-    assert run_cli(["train", *warm]).wait(timeout=600) == 0
+    run_to_end(["train", *warm])
     _assert_same_run(tmp_path / "run", tmp_path / "warm")
 
 
@@ -297,7 +305,7 @@ def test_the_number_of_dataloader_workers_changes_nothing(tmp_path):
     for workers in (1, 2):
         args = tiny(tmp_path / str(workers), "image", "vqa", *steps)
         args = [a for a in args if not a.startswith("train.num_workers=")]
-        assert run_cli(["train", *args, f"train.num_workers={workers}"]).wait(timeout=600) == 0
+        run_to_end(["train", *args, f"train.num_workers={workers}"])
         runs[workers] = tmp_path / str(workers) / "run"
     _assert_same_run(runs[1], runs[2])
 
@@ -363,7 +371,7 @@ def test_two_processes_follow_the_single_process_loss_curve(tmp_path, adapter):
     steps = ["train.max_steps=8", "train.eval_every=100", "eval.blind=false", "train.lr=3e-3"]
     steps += adapter
     single = tiny(tmp_path / "one", "image", "vqa", *steps)
-    assert run_cli(["train", *single]).wait(timeout=600) == 0
+    run_to_end(["train", *single])
     launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
     launch += ["--num_processes", "2", "--main_process_port", "29517", "-m", "epalm", "train"]
     two = subprocess.run(
