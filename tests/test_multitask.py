@@ -13,9 +13,9 @@ from epalm.cli import main
 from epalm.config import AdapterConfig, TaskConfig
 from epalm.testing import tiny_config, tiny_tokenizer
 from epalm.training.compose import settings
-from epalm.training.data import StepSampler, TaskSampler, task_weights
+from epalm.training.data import StepSampler, TaskSampler, task_mix, task_weights
 from epalm.training.evaluate import selection_score
-from epalm.training.settings import SettingsError
+from epalm.training.settings import MultitaskSettings, SettingsError
 
 pytestmark = pytest.mark.core
 
@@ -26,6 +26,27 @@ def test_task_weights_are_proportional_then_flatter_with_temperature():
     # p ~ n ** (1/2): sqrt(400) = 20, sqrt(100) = 10
     assert task_weights([400, 100], temperature=2) == pytest.approx([2 / 3, 1 / 3])
     assert task_weights([10_000, 1], temperature=1e9) == pytest.approx([0.5, 0.5])
+
+
+def test_explicit_weights_win_over_the_temperature():
+    flat = MultitaskSettings(tasks={"a": [], "b": []}, temperature=1e9)
+    assert task_mix(["a", "b"], [300, 100], flat) == pytest.approx([0.5, 0.5])
+    weighted = MultitaskSettings(tasks=flat.tasks, temperature=1e9, weights={"b": 3, "a": 1})
+    assert task_mix(["a", "b"], [300, 100], weighted) == pytest.approx([0.25, 0.75])
+
+
+def test_weights_from_the_command_line_must_name_every_task_with_a_positive_number():
+    steps = "image-vqa:320,image-caption:200,video-vqa:300,video-caption:200,audio-caption:200"
+    run, _ = settings(
+        ["experiment=embedded-multitask", f"multitask.weights={{{steps},audio-vqa:500}}"]
+    )
+    assert run.multitask.weights["audio-vqa"] == 500 and len(run.multitask.weights) == 6
+    with pytest.raises(SettingsError, match=r"names \['audio-vqa'\]; name every task"):
+        settings(["experiment=embedded-multitask", "multitask.weights={audio-vqa:2}"])
+    with pytest.raises(SettingsError, match=r"positive numbers, got \{'audio-vqa': 0\}"):
+        settings(["experiment=embedded-multitask", f"multitask.weights={{{steps},audio-vqa:0}}"])
+    with pytest.raises(SettingsError, match=r"multitask\.weights names"):  # no tasks to weigh
+        settings(["multitask.weights={image-vqa:1}"])
 
 
 def test_one_task_samples_exactly_as_the_single_task_sampler():

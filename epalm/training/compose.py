@@ -73,7 +73,7 @@ def _job(
                 run.connector, levels=own.connector.levels_for(own.modality), slot_levels={}
             ),
             eval=own.eval,
-            multitask=dataclasses.replace(run.multitask, tasks={}),
+            multitask=dataclasses.replace(run.multitask, tasks={}, weights=None),
             jobs={},
             job_configs={},
         )

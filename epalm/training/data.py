@@ -22,7 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from epalm.data.dataset import FeatureDataset, MediaDataset
 from epalm.data.manifest import Sample, read_manifest
-from epalm.training.settings import RunSettings, SettingsError
+from epalm.training.settings import MultitaskSettings, RunSettings, SettingsError
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +164,22 @@ class StepSampler:
 def task_weights(sizes: Sequence[int], temperature: float = 1.0) -> list[float]:
     """How often each task is trained: ``p ~ n ** (1 / temperature)`` for ``n`` training
     samples (1: proportional to the sizes; larger: flatter, towards uniform)."""
-    raw = [n ** (1.0 / temperature) for n in sizes]
-    return [r / sum(raw) for r in raw]
+    return normalised([n ** (1.0 / temperature) for n in sizes])
+
+
+def task_mix(
+    names: Sequence[str], sizes: Sequence[int], multitask: MultitaskSettings
+) -> list[float]:
+    """Each task's share of the steps: ``multitask.weights`` where given, else the temperature
+    rule over the tasks' training sizes."""
+    if multitask.weights:
+        return normalised([multitask.weights[name] for name in names])
+    return task_weights(sizes, multitask.temperature)
+
+
+def normalised(weights: Sequence[float]) -> list[float]:
+    """Relative weights as probabilities that sum to 1."""
+    return [w / sum(weights) for w in weights]
 
 
 class TaskSampler:

@@ -136,6 +136,9 @@ class MultitaskSettings:
     # which task a step trains: p(task) ~ n ** (1 / temperature) for n training samples;
     # 1: proportional to the tasks' sizes, larger: flatter (towards uniform)
     temperature: float = 1.0
+    # task id -> its relative share of the steps, naming every task (like the probabilities of
+    # datasets.interleave_datasets); wins over temperature; null: the temperature rule
+    weights: dict[str, float] | None = None
 
 
 @dataclass
@@ -321,6 +324,24 @@ def _check_adapter(adapter: AdapterConfig) -> None:
         raise SettingsError(f"adapter.tasks={list(adapter.tasks)} names a task twice")
 
 
+def _positive_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and value > 0
+
+
+def _check_task_mix(multitask: MultitaskSettings) -> None:
+    weights, tasks = multitask.weights, list(multitask.tasks)
+    if not weights:
+        return
+    if sorted(weights) != sorted(tasks):
+        raise SettingsError(
+            f"multitask.weights names {sorted(weights)}; name every task of multitask.tasks, "
+            f"and only those: {tasks}"
+        )
+    bad = {k: w for k, w in weights.items() if not _positive_number(w)}
+    if bad:
+        raise SettingsError(f"multitask.weights must be positive numbers, got {bad}")
+
+
 def _check_multitask(s: RunSettings) -> None:
     if s.multitask.temperature <= 0:
         raise SettingsError(
@@ -332,6 +353,7 @@ def _check_multitask(s: RunSettings) -> None:
                 f"multitask.tasks.{name} must be a list of overrides, e.g. [modality=image, "
                 f"task=vqa]; got {overrides!r}"
             )
+    _check_task_mix(s.multitask)
     if s.multitask.tasks and s.adapter.tasks and list(s.adapter.tasks) != list(s.multitask.tasks):
         raise SettingsError(
             f"adapter.tasks={list(s.adapter.tasks)} differs from the tasks of multitask.tasks "

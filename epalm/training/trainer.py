@@ -20,7 +20,7 @@ from epalm.model import EPALM
 from epalm.tasks.collate import Collator, TaskCollator, is_empty, model_inputs, to_device
 from epalm.training import checkpoint as ckpt
 from epalm.training import faithful
-from epalm.training.data import TaskItems, TaskSampler, batches, task_weights
+from epalm.training.data import TaskItems, TaskSampler, batches, task_mix
 from epalm.training.evaluate import predict_samples, score, selection_score
 from epalm.training.optim import Schedule, build_optimization, check_recipe
 from epalm.training.settings import RunSettings, SettingsError
@@ -83,11 +83,12 @@ class Trainer:
         s, acc = self.s, self.acc
         datasets = {t.name: t.dataset(t.train, train=True) for t in self.tasks}
         sizes = [len(d) for d in datasets.values()]
-        weights = task_weights(sizes, s.multitask.temperature)
+        weights = task_mix([t.name for t in self.tasks], sizes, s.multitask)
         if len(self.tasks) > 1:
+            rule = f"multitask.temperature={s.multitask.temperature}"
             log.info(
-                "tasks and their share of the steps (multitask.temperature=%s): %s",
-                s.multitask.temperature,
+                "tasks and their share of the steps (%s): %s",
+                "multitask.weights" if s.multitask.weights else rule,
                 ", ".join(f"{t.name} {100 * w:.1f}%" for t, w in zip(self.tasks, weights)),
             )
         sampler = TaskSampler(
