@@ -85,10 +85,10 @@ class Trainer:
         sizes = [len(d) for d in datasets.values()]
         weights = task_mix([t.name for t in self.tasks], sizes, s.multitask)
         if len(self.tasks) > 1:
-            rule = f"multitask.temperature={s.multitask.temperature}"
+            temperature = f"multitask.temperature={s.multitask.temperature}"
             log.info(
                 "tasks and their share of the steps (%s): %s",
-                "multitask.weights" if s.multitask.weights else rule,
+                "multitask.weights" if s.multitask.weights else temperature,
                 ", ".join(f"{t.name} {100 * w:.1f}%" for t, w in zip(self.tasks, weights)),
             )
         sampler = TaskSampler(
