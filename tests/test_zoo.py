@@ -112,6 +112,22 @@ def test_a_hub_id_served_by_an_offline_conversion_says_so_every_time(cache, fake
     assert "serving" not in caplog.text
 
 
+def test_a_hub_that_cannot_serve_says_why_before_the_offline_build(
+    cache, fake_source, monkeypatch, caplog
+):
+    fake_source(hub_id="someone/tiny-original")
+
+    def unreachable(*args, **kwargs):
+        raise OSError("no route to the hub")
+
+    monkeypatch.setattr(resolver_module, "snapshot_download", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    with caplog.at_level(logging.INFO, logger=resolver_module.__name__):
+        assert resolve("someone/tiny-original") == cache / "models" / "tiny-fake"
+    assert "trying to download someone/tiny-original from the hub" in caplog.text
+    assert "could not be fetched (OSError: no route to the hub); building it from" in caplog.text
+
+
 @pytest.mark.parametrize("damage", ["flip", "truncate", "delete"])
 def test_a_corrupted_entry_is_detected_and_rebuilt(cache, fake_source, damage, caplog):
     fake_source()
