@@ -22,13 +22,10 @@ from typing import Any
 import torch
 
 from benchmarks.common import (
-    Report,
     Table,
     cached_batch,
     default_stack,
-    finish,
-    parse,
-    parser,
+    run_step_benchmark,
     side_by_side,
     training_step,
 )
@@ -100,19 +97,10 @@ def measure(args: Any) -> tuple[Table, dict[str, Any]]:
 
 
 def main(argv: Sequence[str] | None = None) -> None:
-    p = parser(__doc__)
-    p.add_argument("--stack", choices=["embedded", "paper"], default="embedded")
-    p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
-    p.add_argument("--batch", type=int, help="default 32 (quick: 4)")
-    p.add_argument("--repeats", type=int, help="timed steps per method; default 3 (quick: 1)")
-    args = parse(p, argv)
-    args.batch = args.batch or (4 if args.quick else 32)
-    args.repeats = args.repeats or (1 if args.quick else 3)
-    report = Report("LM adapters")
-    table, results = measure(args)
-    report.tables.append(table)
-    report.results = results
-    finish(report, args)
+    def options(p: Any) -> None:
+        p.add_argument("--methods", nargs="+", choices=METHODS, default=list(METHODS))
+
+    run_step_benchmark(__doc__, "LM adapters", measure, argv, options)
 
 
 if __name__ == "__main__":

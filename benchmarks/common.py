@@ -126,6 +126,30 @@ def finish(report: Report, args: argparse.Namespace) -> None:
         atomic_write_text(args.json, json.dumps(payload, indent=2, default=str) + "\n")
 
 
+def run_step_benchmark(
+    doc: str,
+    name: str,
+    measure: Callable[[argparse.Namespace], tuple[Table, dict[str, Any]]],
+    argv: Sequence[str] | None,
+    options: Callable[[argparse.ArgumentParser], Any],
+) -> None:
+    """The command line of a benchmark that times training steps of several variants side by
+    side: ``--stack``, its own ``options``, ``--batch`` and ``--repeats``; then ``measure``'s
+    table and results, reported."""
+    p = parser(doc)
+    p.add_argument("--stack", choices=["embedded", "paper"], default="embedded")
+    options(p)
+    p.add_argument("--batch", type=int, help="default 32 (quick: 4)")
+    p.add_argument("--repeats", type=int, help="timed steps per variant; default 3 (quick: 1)")
+    args = parse(p, argv)
+    args.batch = args.batch or (4 if args.quick else 32)
+    args.repeats = args.repeats or (1 if args.quick else 3)
+    report = Report(name)
+    table, report.results = measure(args)
+    report.tables.append(table)
+    finish(report, args)
+
+
 def _module_argv() -> list[str]:
     main = sys.modules.get("__main__")
     spec = getattr(main, "__spec__", None)

@@ -1,5 +1,5 @@
-"""epalm: give a frozen language model perception by training a tiny connector (eP-ALM), or
-small modules inside it (VL-Adapter)."""
+"""epalm: give a frozen language model perception by training a tiny connector (eP-ALM, or one
+that pools and fuses the encoder's tokens), or small modules inside it (VL-Adapter)."""
 
 from epalm._lazy import lazy_exports
 
@@ -8,8 +8,10 @@ __version__ = "0.1.0"
 _EXPORTS = {
     "EPALM": "epalm.model",
     "EPALMConfig": "epalm.config",
-    "LevelProjection": "epalm.connector",
-    "SoftPrompt": "epalm.connector",
+    "Connector": "epalm.connectors",
+    "LevelProjection": "epalm.connectors",
+    "SoftPrompt": "epalm.connectors",
+    "register_connector": "epalm.connectors",
     "Perceiver": "epalm.encoders.base",
     "available_perceivers": "epalm.encoders.registry",
     "build_perceiver": "epalm.encoders.registry",

@@ -42,9 +42,13 @@ class PerceiverConfig:
 
 @dataclass
 class ConnectorConfig:
-    """eP-ALM's trainable part: per-level projections and a soft prompt."""
+    """The trained part before the LM: a connector (``epalm.connectors``) and a soft prompt."""
 
-    levels: int = 6  # how many of the encoder's last layers are projected
+    # ep-alm (per-level projections of summaries) | all-tokens | token-learner | resampler |
+    # joint-fusion, or a registered one
+    name: str = "ep-alm"
+    kwargs: dict[str, Any] = field(default_factory=dict)  # the connector's own settings (K, ...)
+    levels: int = 6  # how many of the encoder's last layers are read (and injected)
     # per slot, where it differs from `levels` (encoders of different depths in one model,
     # e.g. {audio: 4} for Whisper tiny's 4 layers beside a 12-layer image encoder)
     slot_levels: dict[str, int] = field(default_factory=dict)

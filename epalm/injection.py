@@ -1,12 +1,15 @@
 """Putting perceptual tokens into any HF decoder-only LM, through hooks (no forked modelling code).
 
-Sequence layout seen by the LM: ``[slots][soft prompt][text]``. A slot is one reserved position
-per modality. Its input embedding is a zero placeholder; at each injection layer a forward
-pre-hook overwrites it with that layer's perceptual token, so the token is in place from the
-first injection layer on and replaced at each later one (eP-ALM's schedule). Slots come first
-and the LM's own causal mask applies to them, so a slot only ever attends to itself and
+Sequence layout seen by the LM: ``[slots][soft prompt][text]``. A slot is a span of K reserved
+positions per modality (K = 1 for eP-ALM's summaries; a connector may give more, with a mask per
+sample for padded ones). Its input embeddings are a zero placeholder; at each injection layer a
+forward pre-hook overwrites the span with that layer's K perceptual tokens, so they are in place
+from the first injection layer on and replaced at each later one (eP-ALM's schedule). Slots come
+first and the LM's own causal mask applies to them, so a slot only ever attends to itself and
 earlier slots: a logit at text position t never depends on text after t. (eP-ALM's own code
-lets the injected token see the whole text, which leaks one layer of look-ahead.)
+lets the injected token see the whole text, which leaks one layer of look-ahead.) A slot's width
+is read from its tokens at each ``inject`` (a connector that passes on every token has as many
+as the batch's longest input); an absent slot keeps its nominal width, masked.
 
 Where eP-ALM inserts the token only at the first injection layer, here the slot exists from the
 input on, holding the placeholder. Text attends to that constant in the layers before injection;
@@ -140,6 +143,28 @@ def injection_schedule(
 
 
 @dataclass
+class SlotTokens:
+    """One slot's perception for a batch: ``tokens`` ``[batch, levels, K, hidden]`` (one set of
+    K tokens per injected level) and ``mask`` ``[batch, K]`` (1: a real token, 0: padding that
+    nothing attends to)."""
+
+    tokens: torch.Tensor
+    mask: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.tokens.ndim != 4 or self.mask.shape != (self.tokens.shape[0], self.tokens.shape[2]):
+            raise ValueError(
+                f"slot tokens must be [batch, levels, K, hidden] with a [batch, K] mask; got "
+                f"{tuple(self.tokens.shape)} and {tuple(self.mask.shape)}"
+            )
+
+    @property
+    def width(self) -> int:
+        """K: the positions this slot takes in the LM's sequence."""
+        return self.tokens.shape[2]
+
+
+@dataclass
 class _Call:
     """One forward call of the LM inside ``inject``: what the hooks learn about it, in order."""
 
@@ -150,10 +175,15 @@ class _Call:
 
 @dataclass
 class _Active:
-    slot_tokens: Sequence[torch.Tensor | None]  # per slot: [batch, levels, hidden] or None (absent)
+    slots: Sequence[SlotTokens | None]  # per slot (None: absent)
+    widths: tuple[int, ...]  # positions each slot takes in this block
     prompt: torch.Tensor | None  # [prompt_tokens, embed_dim]
     first_length: int | None = None  # length of the block's first call, which holds the prefix
     call: _Call | None = None
+
+    @property
+    def slot_positions(self) -> int:
+        return sum(self.widths)
 
 
 class Injector:
@@ -170,9 +200,11 @@ class Injector:
         num_slots: int,
         prompt_tokens: int,
         prefix_positions: str = "counted",
+        slot_widths: Sequence[int] | None = None,
     ):
         """``schedule``: LM layer -> the encoder level each slot gets there, slot by slot (one
-        ``injection_schedule`` per slot, zipped: slots may have different numbers of levels)."""
+        ``injection_schedule`` per slot, zipped: slots may have different numbers of levels).
+        ``slot_widths``: each slot's nominal K, the positions it takes when absent (default 1)."""
         if prefix_positions not in PREFIX_POSITIONS:
             raise ValueError(
                 f"prefix_positions={prefix_positions!r} is not one of {', '.join(PREFIX_POSITIONS)}"
@@ -182,6 +214,11 @@ class Injector:
             raise ValueError(f"schedule gives levels for other than {num_slots} slots: {wrong}")
         self.schedule = dict(schedule)
         self.num_slots = num_slots
+        self.slot_widths = tuple(slot_widths) if slot_widths is not None else (1,) * num_slots
+        if len(self.slot_widths) != num_slots or min(self.slot_widths, default=1) < 1:
+            raise ValueError(
+                f"slot_widths {self.slot_widths} must give K >= 1 for {num_slots} slots"
+            )
         self.prompt_tokens = prompt_tokens
         self.prefix_positions = prefix_positions
         self._local = threading.local()
@@ -229,7 +266,16 @@ class Injector:
 
     @property
     def prefix_length(self) -> int:
-        return self.num_slots + self.prompt_tokens
+        """The prefix's positions: those of the current ``inject`` block, else the nominal ones."""
+        active = self._active
+        slots = active.slot_positions if active is not None else sum(self.slot_widths)
+        return slots + self.prompt_tokens
+
+    def widths(self, slots: Sequence[SlotTokens | None]) -> tuple[int, ...]:
+        """The positions each slot takes for these tokens (an absent one: its nominal width)."""
+        return tuple(
+            nominal if s is None else s.width for s, nominal in zip(slots, self.slot_widths)
+        )
 
     @property
     def active(self) -> bool:
@@ -244,16 +290,16 @@ class Injector:
         call = active.call if active is not None else None
         if call is None or not call.at_start or layer >= self.first_layer:
             return 0, 0 if call is None or call.length is None else call.length
-        return self.num_slots, call.length
+        return active.slot_positions, call.length
 
     @contextmanager
     def inject(
-        self, slot_tokens: Sequence[torch.Tensor | None], prompt: torch.Tensor | None
+        self, slots: Sequence[SlotTokens | None], prompt: torch.Tensor | None
     ) -> Iterator[None]:
         """Within this block, LM calls get these perceptual tokens and this soft prompt."""
-        if len(slot_tokens) != self.num_slots:
-            raise ValueError(f"expected tokens for {self.num_slots} slots, got {len(slot_tokens)}")
-        self._active = _Active(slot_tokens, prompt)
+        if len(slots) != self.num_slots:
+            raise ValueError(f"expected tokens for {self.num_slots} slots, got {len(slots)}")
+        self._active = _Active(slots, self.widths(slots), prompt)
         try:
             yield
         finally:
@@ -324,7 +370,7 @@ class Injector:
         if active.first_length is None:
             active.first_length = call.length
         batch = embeds.shape[0]
-        placeholder = embeds.new_zeros(batch, self.num_slots, embeds.shape[-1])
+        placeholder = embeds.new_zeros(batch, active.slot_positions, embeds.shape[-1])
         parts = [placeholder]
         if active.prompt is not None:
             parts.append(active.prompt.to(embeds.dtype).expand(batch, -1, -1))
@@ -376,7 +422,7 @@ class Injector:
                 f"injection layer (levels {levels})"
             ):
                 return None
-            place = partial(self._place_tokens, slot_tokens=self._active.slot_tokens, levels=levels)
+            place = partial(self._place_tokens, active=self._active, levels=levels)
             return _with_hidden(args, kwargs, place, self._active.call.length)
 
         return hook
@@ -397,7 +443,7 @@ class Injector:
             return None
         if not getattr(args[0] if args else kwargs.get("hidden_states"), "requires_grad", False):
             return None  # no gradient will flow here: spare the copy
-        slots = self.num_slots
+        slots = self._active.slot_positions
 
         def cut(hidden: torch.Tensor) -> torch.Tensor:
             held = hidden[:, :slots]
@@ -407,18 +453,14 @@ class Injector:
         return _with_hidden(args, kwargs, cut, self._active.call.length)
 
     def _place_tokens(
-        self,
-        hidden: torch.Tensor,
-        slot_tokens: Sequence[torch.Tensor | None],
-        levels: tuple[int, ...],
+        self, hidden: torch.Tensor, active: _Active, levels: tuple[int, ...]
     ) -> torch.Tensor:
-        slots = [
-            hidden[:, i : i + 1]
-            if tokens is None
-            else _match_batch(tokens[:, level : level + 1], hidden)
-            for i, (tokens, level) in enumerate(zip(slot_tokens, levels))
-        ]
-        return torch.cat([*slots, hidden[:, self.num_slots :]], dim=1)
+        spans, start = [], 0
+        for slot, width, level in zip(active.slots, active.widths, levels):
+            held = hidden[:, start : start + width]
+            spans.append(held if slot is None else _match_batch(slot.tokens[:, level], hidden))
+            start += width
+        return torch.cat([*spans, hidden[:, start:]], dim=1)
 
 
 def _cached_length(args: tuple, kwargs: dict[str, Any]) -> int | None:

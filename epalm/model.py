@@ -24,12 +24,13 @@ from epalm.adapters import LMAdapter, attach_adapter
 from epalm.adapters.base import ThreadTask
 from epalm.atomic import atomic_write, atomic_write_text
 from epalm.config import EPALMConfig
-from epalm.connector import LevelProjection, SoftPrompt
-from epalm.encoders.base import Perceiver
+from epalm.connectors import Connector, SoftPrompt, build_connector, connector_class
+from epalm.connectors.base import TextContext
+from epalm.encoders.base import Perceiver, token_features
 from epalm.encoders.registry import build_perceiver
 from epalm.errors import MissingFileError
 from epalm.fingerprint import state_sha256, weights_sha256
-from epalm.injection import Injector, decoder_layers, injection_schedule
+from epalm.injection import Injector, SlotTokens, decoder_layers, injection_schedule
 from epalm.text import IGNORE_INDEX, encode_prompts, encode_training, prepare_tokenizer
 from epalm.zoo import load_model, resolve
 from epalm.zoo.cache import using_cache
@@ -142,10 +143,26 @@ class EPALM(nn.Module):
             )
 
     def _build_connectors(self) -> nn.ModuleDict:
-        c, lm_dim = self.config.connector, self.lm.config.get_text_config().hidden_size
+        c = self.config.connector
+        cls = connector_class(c.name)
+        if cls.uses_text and self.config.text.loss_on_prompt:
+            raise ValueError(
+                f"connector {c.name!r} fuses the prompt's text into the slot, so with "
+                "text.loss_on_prompt=true a prompt token would be trained on what follows it"
+            )
+        lm_dim = self.lm.config.get_text_config().hidden_size
+        extra = {"text_dim": self.lm.get_input_embeddings().embedding_dim} if cls.uses_text else {}
         return nn.ModuleDict(
             {
-                slot: LevelProjection(p.hidden_size, lm_dim, c.levels_for(slot), c.shared)
+                slot: build_connector(
+                    c.name,
+                    encoder_dim=p.token_size if cls.reads == "tokens" else p.hidden_size,
+                    lm_dim=lm_dim,
+                    levels=c.levels_for(slot),
+                    shared=c.shared,
+                    **extra,
+                    **c.kwargs,
+                )
                 for slot, p in self.perceivers.items()
             }
         )
@@ -169,7 +186,12 @@ class EPALM(nn.Module):
         # a text-only model (soft prompt alone) injects nothing
         schedule = {layer: tuple(s[layer] for s in per_slot) for layer in next(iter(per_slot), {})}
         return Injector(
-            self.lm, schedule, len(self.perceivers), c.prompt_tokens, injection.prefix_positions
+            self.lm,
+            schedule,
+            len(self.perceivers),
+            c.prompt_tokens,
+            injection.prefix_positions,
+            slot_widths=[connector.num_tokens or 1 for connector in self.connectors.values()],
         )
 
     # --- state -----------------------------------------------------------------------------
@@ -289,29 +311,58 @@ class EPALM(nn.Module):
     def perceive(
         self,
         media: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
-        features: Mapping[str, torch.Tensor] | None = None,
-    ) -> list[torch.Tensor | None]:
-        """Perceptual tokens ``[batch, levels, lm_dim]`` per slot (None where a slot has no input).
+        features: Mapping[str, Any] | None = None,
+        text: TextContext | None = None,
+    ) -> list[SlotTokens | None]:
+        """Perceptual tokens per slot, ``[batch, levels, K, lm_dim]`` with a ``[batch, K]``
+        mask (None where a slot has no input).
 
-        ``media`` holds preprocessed perceiver inputs; ``features`` holds perceiver outputs
-        ``[batch, levels, encoder_dim]`` computed earlier (a feature cache), which win when both
-        are given.
+        ``media`` holds preprocessed perceiver inputs; ``features`` holds what the connector
+        reads, computed earlier (a feature cache): summaries ``[batch, levels, encoder_dim]`` or
+        tokens ``{"tokens", "mask"}``; they win when both are given. ``text``: the prompt's
+        embeddings and mask, for a connector that fuses them (``joint-fusion``).
         """
         media, features = media or {}, features or {}
         self.check_slots({**media, **features})
-        tokens = []
+        slots = []
         for slot, perceiver in self.perceivers.items():
+            connector = self.connectors[slot]
             feats = features.get(slot)
             if feats is None and slot in media:
-                with torch.no_grad():
-                    feats = perceiver(**{k: v.to(self.device) for k, v in media[slot].items()})
-            connector = self.connectors[slot]
-            tokens.append(
-                None
-                if feats is None
-                else connector(feats[:, -connector.levels :].float().to(self.device))
-            )
-        return tokens
+                feats = perceive_for(connector, perceiver, _on(media[slot], self.device))
+            slots.append(None if feats is None else connector(_on(feats, self.device), text))
+        return slots
+
+    def prompt_text(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor | None,
+        labels: torch.Tensor | None,
+    ) -> TextContext | None:
+        """The prompt's (frozen) embeddings and mask, for connectors that fuse it; never a
+        target's token (with labels, only the unlabelled real tokens count as prompt)."""
+        if not any(c.uses_text for c in self.connectors.values()):
+            return None
+        mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
+        mask = mask.bool() if labels is None else mask.bool() & (labels == IGNORE_INDEX)
+        with torch.no_grad():
+            embeds = self.lm.get_input_embeddings()(input_ids)
+        return embeds, mask
+
+    def describe_slots(self) -> str:
+        """What each slot adds to the LM's sequence, e.g. "image: 8 tokens (token-learner, 1
+        level)" or "image: every token of its encoder (all-tokens, 1 level)"."""
+        parts = []
+        for slot, connector in self.connectors.items():
+            k = connector.num_tokens
+            tokens = "every token of its encoder" if k is None else f"{k} token{'s' * (k > 1)}"
+            levels = f"{connector.levels} level{'s' * (connector.levels > 1)}"
+            parts.append(f"{slot}: {tokens} ({connector.registry_name}, {levels})")
+        return "; ".join(parts) or "no slot"
+
+    def prefix_length(self, slots: Sequence[SlotTokens | None]) -> int:
+        """Positions before the text for these slots: their widths and the soft prompt."""
+        return sum(self.injector.widths(slots)) + self.injector.prompt_tokens
 
     def check_slots(self, given: Mapping[str, Any]) -> None:
         """A KeyError naming any slot in ``given`` this model has no perceiver for."""
@@ -326,28 +377,24 @@ class EPALM(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        tokens: list[torch.Tensor | None],
+        slots: list[SlotTokens | None],
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        batch, device = input_ids.shape[0], input_ids.device
-        for slot, t in zip(self.perceivers, tokens):
-            if t is not None and t.shape[0] != batch:
+        batch = input_ids.shape[0]
+        for name, s in zip(self.perceivers, slots):
+            if s is not None and s.tokens.shape[0] != batch:
                 raise ValueError(
-                    f"slot {slot!r} has {t.shape[0]} samples of perception for {batch} texts"
+                    f"slot {name!r} has {s.tokens.shape[0]} samples of perception for {batch} texts"
                 )
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
-        slot_mask = torch.tensor(
-            [t is not None for t in tokens], dtype=attention_mask.dtype, device=device
-        )
-        prefix_mask = torch.cat(
-            [
-                slot_mask.expand(batch, -1),
-                attention_mask.new_ones(batch, self.injector.prompt_tokens),
-            ],
-            dim=1,
-        )
+        slot_masks = [  # an absent slot is masked out; padded tokens of a present one too
+            attention_mask.new_zeros(batch, width) if s is None else s.mask.to(attention_mask)
+            for s, width in zip(slots, self.injector.widths(slots))
+        ]
+        prompt_mask = attention_mask.new_ones(batch, self.injector.prompt_tokens)
+        prefix_mask = torch.cat([*slot_masks, prompt_mask], dim=1)
         prefix_ids = input_ids.new_full(
-            (batch, self.injector.prefix_length), self.tokenizer.pad_token_id
+            (batch, self.prefix_length(slots)), self.tokenizer.pad_token_id
         )
         return torch.cat([prefix_ids, input_ids], dim=1), torch.cat(
             [prefix_mask, attention_mask], dim=1
@@ -366,10 +413,12 @@ class EPALM(nn.Module):
         **lm_kwargs: Any,
     ) -> CausalLMOutputWithPast:
         """The LM's output on ``input_ids`` (text only; logits align with it), loss on ``labels``."""
+        slots = self.perceive(media, features, self.prompt_text(input_ids, attention_mask, labels))
+        prefix = self.prefix_length(slots)
         if labels is not None:
-            lm_kwargs["labels"] = self._prefixed_labels(labels)
-        out = self._run_lm(input_ids, attention_mask, media, features, **lm_kwargs)
-        out.logits = out.logits[:, self.injector.prefix_length :]
+            lm_kwargs["labels"] = self._prefixed_labels(labels, prefix)
+        out = self._run_lm(input_ids, attention_mask, slots=slots, **lm_kwargs)
+        out.logits = out.logits[:, prefix:]
         return out
 
     def target_loss(
@@ -389,11 +438,13 @@ class EPALM(nn.Module):
         """
         if labels is None:
             raise ValueError("target_loss needs labels")
-        targets = self.predicted_labels(labels)  # position p predicts token p + 1
+        slots = self.perceive(media, features, self.prompt_text(input_ids, attention_mask, labels))
+        # position p predicts token p + 1
+        targets = self.predicted_labels(labels, self.prefix_length(slots))
         predicting = targets != IGNORE_INDEX
         rows = nn.functional.pad(predicting, (0, 1))  # the last position predicts nothing
         with _head_only_at(self.lm, rows.to(self.device)):
-            out = self._run_lm(input_ids, attention_mask, media, features)
+            out = self._run_lm(input_ids, attention_mask, slots=slots)
         count = int(predicting.sum())
         if out.logits.shape[:-1] != (count,):
             raise RuntimeError(
@@ -405,15 +456,19 @@ class EPALM(nn.Module):
         )
         return loss, count
 
-    def predicted_labels(self, labels: torch.Tensor) -> torch.Tensor:
+    def predicted_labels(
+        self, labels: torch.Tensor, prefix_length: int | None = None
+    ) -> torch.Tensor:
         """The label each position of the LM's sequence ([prefix][text], minus its last
         position) predicts: the first text token is predicted from the prefix's last position,
-        so it is trained even when neither a prompt nor a BOS token comes before it."""
-        return self._prefixed_labels(labels)[:, 1:]
+        so it is trained even when neither a prompt nor a BOS token comes before it.
+        ``prefix_length``: the prefix's (default: the nominal one, every slot at its K)."""
+        return self._prefixed_labels(labels, prefix_length)[:, 1:]
 
-    def _prefixed_labels(self, labels: torch.Tensor) -> torch.Tensor:
+    def _prefixed_labels(self, labels: torch.Tensor, prefix_length: int | None) -> torch.Tensor:
         """Labels over the LM's whole sequence: none on the prefix."""
-        prefix = labels.new_full((labels.shape[0], self.injector.prefix_length), IGNORE_INDEX)
+        length = self.injector.prefix_length if prefix_length is None else prefix_length
+        prefix = labels.new_full((labels.shape[0], length), IGNORE_INDEX)
         return torch.cat([prefix, labels], 1)
 
     def target_count(self, labels: torch.Tensor) -> int:
@@ -424,18 +479,24 @@ class EPALM(nn.Module):
         self,
         input_ids: torch.Tensor,
         attention_mask: torch.Tensor | None,
-        media: Mapping[str, Mapping[str, torch.Tensor]] | None,
-        features: Mapping[str, torch.Tensor] | None,
+        media: Mapping[str, Mapping[str, torch.Tensor]] | None = None,
+        features: Mapping[str, Any] | None = None,
+        *,
+        slots: list[SlotTokens | None] | None = None,
         **lm_kwargs: Any,
     ) -> CausalLMOutputWithPast:
-        tokens = self.perceive(media, features)
-        ids, mask = self._with_prefix(input_ids, attention_mask, tokens)
+        """The LM on ``[prefix][text]``; ``slots`` when already perceived, else from media or
+        features."""
+        if slots is None:
+            text = self.prompt_text(input_ids, attention_mask, None)
+            slots = self.perceive(media, features, text)
+        ids, mask = self._with_prefix(input_ids, attention_mask, slots)
         # Positions as HF's generate derives them, so training and generation agree.
         positions = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
         lm_kwargs.setdefault("use_cache", False)
         if "position_ids" in self._lm_takes:
             lm_kwargs["position_ids"] = positions
-        with self.injector.inject(tokens, self._soft_prompt()):
+        with self.injector.inject(slots, self._soft_prompt()):
             return self.lm(input_ids=ids, attention_mask=mask, **lm_kwargs)
 
     @torch.no_grad()
@@ -452,8 +513,8 @@ class EPALM(nn.Module):
         Returns a tensor, or HF's generate output (its ``sequences`` cut to the new tokens) when
         ``return_dict_in_generate=True``.
         """
-        tokens = self.perceive(media, features)
-        ids, mask = self._with_prefix(input_ids, attention_mask, tokens)
+        slots = self.perceive(media, features, self.prompt_text(input_ids, attention_mask, None))
+        ids, mask = self._with_prefix(input_ids, attention_mask, slots)
         options = {
             "do_sample": False,
             "max_new_tokens": DEFAULT_GENERATION["max_new_tokens"],
@@ -461,7 +522,7 @@ class EPALM(nn.Module):
             "eos_token_id": self.tokenizer.eos_token_id,
             **generate_kwargs,
         }
-        with self.injector.inject(tokens, self._soft_prompt()):
+        with self.injector.inject(slots, self._soft_prompt()):
             out = self.lm.generate(input_ids=ids, attention_mask=mask, **options)
         if isinstance(out, torch.Tensor):
             return out[:, ids.shape[1] :]
@@ -656,6 +717,25 @@ class EPALM(nn.Module):
                 f"{path}: does not fit this model (missing {missing}, unexpected {unexpected})"
             )
         self.load_state_dict(weights, strict=False)
+
+
+def perceive_for(
+    connector: Connector, perceiver: Perceiver, inputs: Mapping[str, torch.Tensor]
+) -> torch.Tensor | dict[str, torch.Tensor]:
+    """What ``connector`` reads, computed by the frozen ``perceiver``: its summaries, or the
+    tokens of the levels it reads in float16, as the feature cache stores them (so training from
+    media and from the cache see the same numbers)."""
+    if connector.reads == "tokens":
+        return token_features(perceiver, connector.levels, **inputs)
+    with torch.no_grad():
+        return perceiver(**inputs)
+
+
+def _on(features: Any, device: torch.device) -> Any:
+    """Features (a tensor, or a mapping of them) on ``device``."""
+    if isinstance(features, Mapping):
+        return {key: value.to(device) for key, value in features.items()}
+    return features.to(device)
 
 
 def _load_lm(config: EPALMConfig) -> nn.Module:

@@ -35,6 +35,17 @@ def assert_cache_parity(model, num_beams, max_new_tokens, tolerance):
         torch.testing.assert_close(with_cache, without, rtol=tolerance, atol=tolerance)
 
 
+def assert_text_never_sees_later_text(model, media, t=6, length=12):
+    """Changing the text after position ``t`` leaves every logit up to ``t`` as it was."""
+    ids = torch.randint(3, 200, (1, length))
+    changed = ids.clone()
+    changed[:, t + 1 :] = torch.randint(3, 200, (1, length - t - 1))
+    with torch.no_grad():
+        a, b = model(ids, media=media).logits, model(changed, media=media).logits
+    torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-6)
+    assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
+
+
 @pytest.fixture
 def make_model():
     return tiny_model

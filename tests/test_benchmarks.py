@@ -143,3 +143,17 @@ def test_quick_adapters_compares_every_method_to_the_connector_alone(quick_suite
         assert row["seconds"] > 0
         if method != "none":  # each method adds trainable tensors to the connector's
             assert row["trainable"] > results["none"]["trainable"]
+
+
+@pytest.mark.slow
+def test_quick_connector_cost_counts_the_tokens_each_connector_adds(quick_suite):
+    from benchmarks.connector_cost import CONNECTORS
+
+    results = quick_suite[1]["connector_cost"]["results"]
+    assert list(results) == list(CONNECTORS)
+    assert results["ep-alm"]["tokens"] == 1 and results["token-learner"]["tokens"] == 8
+    # a tiny ViT gives 17 tokens (16 patches and [CLS]): all of them reach the LM
+    assert results["all-tokens"]["tokens"] == 17
+    flops = {name: row["lm_gflop"] for name, row in results.items()}
+    assert flops["ep-alm"] < flops["token-learner"] < flops["all-tokens"]
+    assert all(row["seconds"] > 0 and row["trainable"] > 0 for row in results.values())

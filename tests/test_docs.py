@@ -26,3 +26,13 @@ def test_adding_a_modality_example_runs(tmp_path, monkeypatch, capsys):
     assert (tmp_path / "imu-checkpoint" / "model.safetensors").is_file()
     out = capsys.readouterr().out
     assert "trainable" in out and "loss" in out
+
+
+def test_adding_a_connector_example_runs(monkeypatch, capsys):
+    from epalm.connectors import base
+
+    monkeypatch.setattr(base, "_REGISTRY", dict(base._REGISTRY))  # keep "max-pool" to itself
+    namespace: dict = {}
+    exec(compile(python_blocks(DOCS / "connectors.md"), "connectors.md", "exec"), namespace)
+    assert type(namespace["model"].connectors["image"]).__name__ == "MaxPool"
+    assert "image: 1 token (max-pool, 1 level)" in capsys.readouterr().out

@@ -11,7 +11,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from epalm.connector import LevelProjection, SoftPrompt
+from epalm.connectors import LevelProjection, SoftPrompt
 from epalm.presets import CONFIG_DIR
 from epalm.training.compose import choices, settings
 from epalm.training.settings import RunSettings, SettingsError

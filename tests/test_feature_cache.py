@@ -311,12 +311,20 @@ def test_skipped_bad_files_are_reported_and_the_rest_cached(tmp_path, perceivers
 
 # --- training from the cache -------------------------------------------------------------------
 @pytest.mark.parametrize("modality", MODALITIES)
-def test_training_from_the_cache_gives_the_loss_of_training_from_media(tmp_path, roots, modality):
+@pytest.mark.parametrize("connector", ["ep-alm", "all-tokens", "token-learner"])
+def test_training_from_the_cache_gives_the_loss_of_training_from_media(
+    tmp_path, roots, modality, connector
+):
+    """Summaries for eP-ALM's connector, float16 tokens for those that read tokens."""
     torch.manual_seed(0)
-    model = tiny_model(modalities=[modality]).eval()
+    levels = 2 if connector == "ep-alm" else 1
+    model = tiny_model(modalities=[modality], name=connector, levels=levels).eval()
     samples = read_manifest(roots[modality] / "train.jsonl")
     paths = sorted({str(s.media_paths[0]) for s in samples})
-    cache = FeatureCache(model.perceivers[modality], tmp_path)
+    reads_tokens = model.connectors[modality].reads == "tokens"
+    cache = FeatureCache(
+        model.perceivers[modality], tmp_path, tokens=levels if reads_tokens else None
+    )
     cache.fill(paths, progress=False)
     collate = Collator(model, train=False)
     datasets = {
@@ -327,7 +335,7 @@ def test_training_from_the_cache_gives_the_loss_of_training_from_media(tmp_path,
     for name, dataset in datasets.items():
         batch = next(iter(DataLoader(dataset, batch_size=len(samples), collate_fn=collate)))
         assert name in batch and not batch["skipped"]
-        if name == "features":
+        if name == "features" and not reads_tokens:
             levels, hidden = (
                 model.perceivers[modality].num_levels,
                 model.perceivers[modality].hidden_size,
@@ -353,3 +361,36 @@ def test_feature_datasets_name_samples_without_features(tmp_path, roots, perceiv
     items = [dataset[i] for i in range(len(dataset))]
     errors = [item["error"] for item in items if "error" in item]
     assert errors and all(e.startswith(f"{paths[0]}: no cached features") for e in errors)
+
+
+# --- token features (connectors that read every token) ------------------------------------------
+@pytest.mark.parametrize("modality", MODALITIES)
+def test_cached_tokens_are_bit_identical_to_a_fresh_encode(tmp_path, roots, perceivers, modality):
+    from epalm.encoders.base import token_features
+
+    perceiver, paths = perceivers[modality], media_paths(roots[modality])
+    cache = FeatureCache(perceiver, tmp_path, tokens=2)
+    assert cache.fill(paths, batch_size=1, progress=False).computed == len(paths)
+    assert cache.directory != FeatureCache(perceiver, tmp_path).directory  # a key of its own
+    assert cache.size_on_disk() > 0
+    loaded = cache.load(paths)
+    for path in paths:
+        inputs = perceiver.prepare([decode(path, perceiver, train=False)])
+        fresh = token_features(perceiver, 2, **inputs)
+        entry = loaded[path]
+        assert entry["tokens"].dtype == torch.float16 and entry["tokens"].shape[0] == 2
+        assert torch.equal(entry["tokens"], fresh["tokens"][0])
+        assert torch.equal(entry["mask"], fresh["mask"][0])
+        assert entry["tokens"].shape[-1] == perceiver.token_size
+
+
+def test_a_truncated_token_entry_is_recomputed(tmp_path, roots, perceivers):
+    paths = media_paths(roots["image"])[:1]
+    cache = FeatureCache(perceivers["image"], tmp_path, tokens=1)
+    cache.fill(paths, progress=False)
+    entry = next(cache.directory.glob("*/*.safetensors"))
+    entry.write_bytes(entry.read_bytes()[:-10])
+    with pytest.raises(NotCachedError, match="corrupt entry"):
+        cache.load(paths)
+    assert cache.fill(paths, progress=False).computed == 1
+    assert set(cache.load(paths)) == set(paths)

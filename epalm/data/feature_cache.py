@@ -9,6 +9,12 @@ training from the media, without decoding or running the encoder at every step::
     features = cache.load(paths)  # {str(path): float32 [num_levels, hidden_size]}
     dataset = FeatureDataset(samples, {"image": features})
 
+Connectors that read tokens (``all-tokens``, ``token-learner``, ...) need every token, not one
+summary per layer: ``FeatureCache(perceiver, tokens=levels)`` stores the tokens of the last
+``levels`` layers in float16 with their mask (``epalm.encoders.base.token_features``), under a
+key of its own, and ``load`` gives ``{str(path): {"tokens": [levels, T, dim], "mask": [T]}}``.
+``size_on_disk()`` says what a cache takes (tokens take about T times a summary's room).
+
 Layout: one directory per perceiver *key*, a digest of its registry name, its ``config()``
 (which holds preprocessing settings such as ``image_size`` and ``num_frames``), a digest of its
 weights and ``FORMAT_VERSION``, so different settings or weights behind one name never share
@@ -40,7 +46,7 @@ from tqdm.auto import tqdm
 from epalm.atomic import atomic_write, atomic_write_text
 from epalm.data.dataset import ON_BAD_SAMPLE, preprocess_file
 from epalm.data.media import MediaError, check_file
-from epalm.encoders.base import Perceiver
+from epalm.encoders.base import Perceiver, token_features
 from epalm.fingerprint import weights_sha256
 from epalm.zoo.cache import cache_root, sha256_of
 
@@ -81,8 +87,11 @@ def perceiver_name(perceiver: Perceiver) -> str:
     return perceiver.registry_name or type(perceiver).__name__
 
 
-def perceiver_spec(perceiver: Perceiver, video_backend: str = "pyav") -> dict[str, Any]:
-    """Everything a cached feature depends on besides the file: what ``FeatureCache.key`` hashes."""
+def perceiver_spec(
+    perceiver: Perceiver, video_backend: str = "pyav", tokens: int | None = None
+) -> dict[str, Any]:
+    """Everything a cached feature depends on besides the file: what ``FeatureCache.key`` hashes.
+    (Summaries' specs are as before tokens existed, so their caches stay valid.)"""
     spec = {
         "format": FORMAT_VERSION,
         "perceiver": perceiver_name(perceiver),
@@ -92,6 +101,8 @@ def perceiver_spec(perceiver: Perceiver, video_backend: str = "pyav") -> dict[st
     }
     if perceiver.modality == "video":  # decoders may disagree on a frame's pixels
         spec["video_backend"] = video_backend
+    if tokens is not None:
+        spec["tokens"] = {"levels": tokens, "dtype": "float16"}
     return spec
 
 
@@ -120,11 +131,17 @@ class FeatureCache:
         cache_dir: str | os.PathLike | None = None,
         *,
         video_backend: str = "pyav",
+        tokens: int | None = None,
     ) -> None:
-        self.perceiver, self.video_backend = perceiver, video_backend
-        spec = perceiver_spec(perceiver, video_backend)
+        """``tokens``: store the tokens of the last ``tokens`` levels (for connectors that read
+        tokens) instead of every level's summary."""
+        if tokens is not None and not 1 <= tokens <= perceiver.num_levels:
+            raise ValueError(f"tokens={tokens}: the perceiver has {perceiver.num_levels} levels")
+        self.perceiver, self.video_backend, self.tokens = perceiver, video_backend, tokens
+        self._layout = _SUMMARY if tokens is None else _TOKENS
+        spec = perceiver_spec(perceiver, video_backend, tokens)
         self.key = hashlib.sha256(_canonical(spec).encode()).hexdigest()
-        name = perceiver_name(perceiver)
+        name = perceiver_name(perceiver) + ("" if tokens is None else "-tokens")
         self.directory = cache_root(cache_dir) / "features" / f"{name}-{self.key[:16]}"
         self._write_info(spec)
 
@@ -144,19 +161,24 @@ class FeatureCache:
         absent = []
         for path in dict.fromkeys(map(str, paths)):
             try:
-                cached = _valid_entry(self.entry(content_sha256(path)))
+                cached = _valid_entry(self.entry(content_sha256(path)), self._layout)
             except OSError:
                 cached = False
             if not cached:
                 absent.append(Path(path))
         return absent
 
+    def size_on_disk(self) -> int:
+        """Bytes this cache's entries take."""
+        return sum(entry.stat().st_size for entry in self.directory.glob("*/*.safetensors"))
+
     def load(
         self, paths: Iterable[str | os.PathLike], *, levels: int | None = None
-    ) -> dict[str, torch.Tensor]:
-        """``{str(path): float32 [num_levels, hidden_size]}`` for every file, or a
-        ``NotCachedError`` naming each file that is not cached. ``levels`` keeps only the last
-        (deepest) that many levels, which is all a connector uses."""
+    ) -> dict[str, Any]:
+        """``{str(path): float32 [num_levels, hidden_size]}`` (or, for tokens, ``{"tokens":
+        float16 [levels, T, dim], "mask": [T]}``) for every file, or a ``NotCachedError`` naming
+        each file that is not cached. ``levels`` keeps only the last (deepest) that many levels
+        of summaries, which is all a connector uses."""
         features, problems = {}, []
         for path in dict.fromkeys(map(str, paths)):
             try:
@@ -165,7 +187,7 @@ class FeatureCache:
                 problems.append(f"{path}: cannot read the file ({err.strerror or err})")
                 continue
             try:
-                features[path] = _read_entry(entry, levels)
+                features[path] = _read_entry(entry, self._layout, levels)
             except FileNotFoundError:
                 problems.append(f"{path}: not cached")
             except Exception as err:
@@ -214,7 +236,7 @@ class FeatureCache:
         by_sha = self._hash(paths, on_bad_sample, report)
         todo = []
         for index, sha in enumerate(sorted(by_sha)):
-            if _valid_entry(self.entry(sha)):
+            if _valid_entry(self.entry(sha), self._layout):
                 report.cached += 1
             elif index % world_size == rank:
                 todo.append((sha, by_sha[sha]))
@@ -224,7 +246,7 @@ class FeatureCache:
             self._compute(todo, batch_size, num_workers, on_bad_sample, progress, report)
         log.info(
             "feature cache %s (rank %d of %d): computed %d, already cached %d, left to other "
-            "ranks %d, skipped %d bad files",
+            "ranks %d, skipped %d bad files; %.1f MB on disk",
             self.directory,
             rank,
             world_size,
@@ -232,6 +254,7 @@ class FeatureCache:
             report.cached,
             report.other_ranks,
             len(report.skipped),
+            self.size_on_disk() / 1e6,
         )
         return report
 
@@ -286,17 +309,24 @@ class FeatureCache:
                         report.computed += 1
                 bar.update(len(items))
 
-    def _encode(self, items: list[dict[str, Any]], device: torch.device) -> torch.Tensor:
+    def _encode(self, items: list[dict[str, Any]], device: torch.device) -> list[dict]:
+        """Each item's entry tensors, from one batch through the perceiver."""
         batch = self.perceiver.collate([item["inputs"] for item in items])
+        inputs = {k: v.to(device) for k, v in batch.items()}
+        if self.tokens is not None:
+            out = {
+                k: v.cpu() for k, v in token_features(self.perceiver, self.tokens, **inputs).items()
+            }
+            return [{name: out[name][i] for name in _TOKENS} for i in range(len(items))]
         with torch.no_grad():
-            out = self.perceiver(**{k: v.to(device) for k, v in batch.items()})
-        return out.float().cpu()
+            summaries = self.perceiver(**inputs).float().cpu()
+        return [{TENSOR: row} for row in summaries]
 
-    def _write(self, sha: str, features: torch.Tensor) -> None:
+    def _write(self, sha: str, tensors: dict[str, torch.Tensor]) -> None:
         entry = self.entry(sha)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        tensor = features.clone()  # its own storage, not a view of the batch
-        atomic_write(entry, lambda tmp: save_file({TENSOR: tensor}, tmp))
+        owned = {k: v.clone() for k, v in tensors.items()}  # their own storage, not the batch's
+        atomic_write(entry, lambda tmp: save_file(owned, tmp))
 
 
 def _canonical(data: dict[str, Any], indent: int | None = None) -> str:
@@ -335,26 +365,37 @@ def _device(module: torch.nn.Module) -> torch.device:
     return torch.device("cpu") if tensor is None else tensor.device
 
 
-def _valid_entry(entry: Path) -> bool:
-    """Whether ``entry`` is a whole float32 safetensors file: its size must match its header."""
+# What an entry holds: tensor name -> safetensors dtype
+_SUMMARY = {TENSOR: "F32"}
+_TOKENS = {"tokens": "F16", "mask": "I64"}
+
+
+def _valid_entry(entry: Path, layout: dict[str, str]) -> bool:
+    """Whether ``entry`` is a whole safetensors file with ``layout``'s tensors: its size must
+    match its header."""
     try:
         with entry.open("rb") as f:
             length = int.from_bytes(f.read(8), "little")
             if length > MAX_HEADER:
                 return False
-            info = json.loads(f.read(length))[TENSOR]
-        end = info["data_offsets"][1]
-        return info["dtype"] == "F32" and entry.stat().st_size == 8 + length + end
+            header = json.loads(f.read(length))
+        infos = [header[name] for name in layout]
+        end = max(info["data_offsets"][1] for info in infos)
+        dtypes = all(info["dtype"] == dtype for info, dtype in zip(infos, layout.values()))
+        return dtypes and entry.stat().st_size == 8 + length + end
     except (OSError, ValueError, KeyError, TypeError, IndexError):
         return False
 
 
-def _read_entry(entry: Path, levels: int | None) -> torch.Tensor:
-    if not _valid_entry(entry):
+def _read_entry(entry: Path, layout: dict[str, str], levels: int | None) -> Any:
+    if not _valid_entry(entry, layout):
         if not entry.exists():
             raise FileNotFoundError(entry)
-        raise ValueError("truncated or not a float32 features file")
+        raise ValueError(f"truncated or not a features file ({', '.join(layout)})")
     # from bytes, not safe_open: its tensors stay memory-mapped, one map per file (a dataset
     # would run out of maps), and change if the file does
-    tensor = load(entry.read_bytes())[TENSOR]
+    tensors = load(entry.read_bytes())
+    if layout is _TOKENS:
+        return tensors
+    tensor = tensors[TENSOR]
     return tensor if levels is None else tensor[-levels:].clone()

@@ -199,6 +199,10 @@ class WhisperPerceiver(HFPerceiver):
         with real_length(self.backbone, input_features.shape[-1]):
             return super().hidden_states(input_features=input_features)
 
+    def token_mask(self, inputs: dict[str, torch.Tensor], length: int) -> torch.Tensor:
+        mask = inputs.get("attention_mask")  # one encoder position per two mel frames
+        return super().token_mask(inputs, length) if mask is None else mask[:, ::2]
+
     def forward(
         self, input_features: torch.Tensor, attention_mask: torch.Tensor | None = None
     ) -> torch.Tensor:

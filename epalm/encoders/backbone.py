@@ -74,7 +74,7 @@ class HFPerceiver(Perceiver):
         self.backbone.config.tie_last_hidden_states = False
         self.final_norm = final_norm
         self.summary = resolve_summary(summary, self.backbone)
-        width = self.backbone.config.hidden_size
+        width = self.token_size = self.backbone.config.hidden_size
         self.hidden_size = 2 * width if self.summary == "mean+delta" else width
         self.num_levels = self.backbone.config.num_hidden_layers
 

@@ -3,8 +3,9 @@
 A perceiver owns three things, in the spirit of HF Perceiver's per-modality preprocessors:
 its preprocessing (raw media -> tensors for one sample), its frozen backbone, and the rule that
 summarises one layer's hidden states into one vector ([CLS] for ViTs, the mean where a backbone
-has no CLS token). The model only ever sees ``forward``'s output: one summary per layer,
-``[batch, num_levels, hidden_size]``, from which the connector keeps the last few levels.
+has no CLS token). ``forward`` gives one summary per layer, ``[batch, num_levels, hidden_size]``,
+from which eP-ALM's connector keeps the last few levels; ``tokens`` gives every token of the
+last few layers with a mask, for the connectors that pool or fuse tokens themselves.
 """
 
 from __future__ import annotations
@@ -35,6 +36,15 @@ class Perceiver(nn.Module, ABC):
     hidden_size: int
     num_levels: int
     summary: Summary = "cls"
+
+    @property
+    def token_size(self) -> int:
+        """The width of ``tokens``' tokens (``hidden_size`` unless a summary widens it)."""
+        return getattr(self, "_token_size", None) or self.hidden_size
+
+    @token_size.setter
+    def token_size(self, value: int) -> None:
+        self._token_size = value
 
     # --- what a subclass provides -------------------------------------------------------
     @abstractmethod
@@ -91,6 +101,20 @@ class Perceiver(nn.Module, ABC):
         """Per-layer summaries ``[batch, num_levels, hidden_size]``, shallow to deep."""
         return torch.stack([self.summarize(h) for h in self.hidden_states(**inputs)], dim=1)
 
+    def tokens(self, levels: int, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every token of the last ``levels`` layers: ``{"tokens": [batch, levels, T,
+        token_size], "mask": [batch, T]}`` (1: a real token, 0: padding)."""
+        hidden = list(self.hidden_states(**inputs))[-levels:]
+        tokens = torch.stack(hidden, dim=1)
+        return {"tokens": tokens, "mask": self.token_mask(inputs, tokens.shape[2])}
+
+    def token_mask(self, inputs: dict[str, torch.Tensor], length: int) -> torch.Tensor:
+        """Which of ``length`` tokens per sample are real (all, unless inputs were padded)."""
+        batch = next(iter(inputs.values())).shape[0]
+        return torch.ones(
+            batch, length, dtype=torch.long, device=next(iter(inputs.values())).device
+        )
+
     #: Whether ``train()`` really switches to training mode (dropout, drop-path on; still no
     #: gradients), as eP-ALM's code runs its frozen encoders. Off: always in eval.
     dropout_in_training: bool = False
@@ -124,6 +148,18 @@ class Perceiver(nn.Module, ABC):
         device = next(self.parameters()).device
         with torch.no_grad():
             return self(**{k: v.to(device) for k, v in batch.items()})
+
+
+def token_features(
+    perceiver: Perceiver, levels: int, **inputs: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """The tokens of ``perceiver``'s last ``levels`` layers as a token connector reads them:
+    float16 (half the memory and disk; the frozen encoder's precision is not what limits a
+    connector) and the mask. The feature cache stores exactly this, and the model computes it
+    the same way from media, so both give the same numbers."""
+    with torch.no_grad():
+        out = perceiver.tokens(levels, **inputs)
+    return {"tokens": out["tokens"].to(torch.float16), "mask": out["mask"].long()}
 
 
 def _masked_mean(hidden: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:

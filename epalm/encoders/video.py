@@ -129,6 +129,21 @@ class FramesPerceiver(Perceiver):
         half = frames // 2
         return torch.cat([mean, clip[:, frames - half :].mean(1) - clip[:, :half].mean(1)], -1)
 
+    @property
+    def token_size(self) -> int:
+        return self.image.token_size
+
+    def tokens(self, levels: int, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every frame's tokens, frame after frame: ``[batch, levels, frames x tokens, dim]``."""
+        batch, frames = next(iter(inputs.values())).shape[:2]
+        per_frame = self.image.tokens(levels, **{k: v.flatten(0, 1) for k, v in inputs.items()})
+        tokens = per_frame["tokens"].unflatten(0, (batch, frames))  # [b, f, levels, t, dim]
+        tokens = tokens.transpose(1, 2).flatten(2, 3)
+        return {
+            "tokens": tokens,
+            "mask": per_frame["mask"].unflatten(0, (batch, frames)).flatten(1),
+        }
+
     def preprocessing(self) -> dict[str, Any]:
         return self.image.preprocessing()
 

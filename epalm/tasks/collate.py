@@ -2,7 +2,8 @@
 
 A dataset item is ``{"sample": Sample, "inputs": {slot: tensors of one sample}}`` (from
 ``MediaDataset``; batched into ``"media"``), ``{"sample": Sample, "features": {slot: [levels,
-hidden]}}`` (cached perceiver outputs from ``FeatureDataset``; stacked into ``"features"``), or
+hidden]}}`` (cached perceiver outputs from ``FeatureDataset``; stacked into ``"features"``;
+token features ``{"tokens", "mask"}`` are padded to the batch's longest), or
 ``{"sample": Sample, "error": reason}`` for a sample that could not be loaded: the collator
 drops it and lists it under the batch's ``"skipped"``. A batch whose items were all skipped
 has no tensors (``is_empty``): the training loop skips it, e.g. ``if is_empty(batch): continue``.
@@ -85,7 +86,7 @@ class Collator:
             }
         if any("features" in item for item in kept):
             features = self._slots([item.get("features", {}) for item in kept], samples)
-            batch["features"] = {slot: torch.stack(values) for slot, values in features.items()}
+            batch["features"] = {slot: stack_features(values) for slot, values in features.items()}
         return batch
 
     def _text(self, samples: list[Sample]) -> dict[str, torch.Tensor]:
@@ -125,6 +126,23 @@ class TaskCollator:
         if len(tasks) != 1:
             raise ValueError(f"a batch must hold one task's samples; got {tasks}")
         return self.collators[tasks[0]](items)
+
+
+def stack_features(values: Sequence[Any]) -> Any:
+    """One batch of cached features: summaries stacked; tokens padded to the longest (zeros,
+    masked out) and stacked with their masks."""
+    if not isinstance(values[0], Mapping):
+        return torch.stack(list(values))
+    longest = max(v["mask"].shape[0] for v in values)
+    pad = [longest - v["mask"].shape[0] for v in values]
+    return {
+        "tokens": torch.stack(
+            [torch.nn.functional.pad(v["tokens"], (0, 0, 0, p)) for v, p in zip(values, pad)]
+        ),
+        "mask": torch.stack(
+            [torch.nn.functional.pad(v["mask"], (0, p)) for v, p in zip(values, pad)]
+        ),
+    }
 
 
 def is_empty(batch: Mapping[str, Any]) -> bool:

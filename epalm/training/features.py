@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from epalm.connectors import connector_class
 from epalm.data.feature_cache import FeatureCache
 from epalm.data.manifest import Sample
 from epalm.encoders.base import Perceiver
@@ -20,8 +21,16 @@ log = logging.getLogger(__name__)
 def features_for(
     settings: RunSettings, perceiver: Perceiver, samples: Sequence[Sample], accelerator: Any
 ) -> dict[str, torch.Tensor]:
-    """``str(media path) -> [levels, hidden]`` for every sample, computed where missing."""
-    cache = FeatureCache(perceiver, settings.model_cache, video_backend=settings.data.video_backend)
+    """``str(media path) -> [levels, hidden]`` for every sample (the tokens of the levels the
+    connector reads, for one that reads tokens), computed where missing."""
+    levels = settings.connector.levels_for(settings.modality)
+    reads_tokens = connector_class(settings.connector.name).reads == "tokens"
+    cache = FeatureCache(
+        perceiver,
+        settings.model_cache,
+        video_backend=settings.data.video_backend,
+        tokens=levels if reads_tokens else None,
+    )
     paths = sorted({str(s.media_paths[0]) for s in samples})
     cache.fill(
         paths,
@@ -33,9 +42,7 @@ def features_for(
         progress=accelerator.is_local_main_process,
     )
     accelerator.wait_for_everyone()
-    return cache.load(
-        _cached(cache, paths), levels=settings.connector.levels_for(settings.modality)
-    )
+    return cache.load(_cached(cache, paths), levels=None if reads_tokens else levels)
 
 
 def _cached(cache: FeatureCache, paths: list[str]) -> list[str]:

@@ -68,6 +68,7 @@ class Trainer:
             100 * report.share,
         )
         log.info("parameters by part:\n%s", report)
+        log.info("perception reaches the LM as %s", self.model.describe_slots())
 
     # --- data ------------------------------------------------------------------------------
     def _datasets(self) -> None:

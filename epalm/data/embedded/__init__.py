@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from epalm.data.embedded import easy_vqa, shapes_video, sound_scenes
+from epalm.data.embedded import easy_vqa, scenes, shapes_video, sound_scenes
 from epalm.data.embedded.common import Built, Embedded
 from epalm.data.manifest import write_manifest
 from epalm.zoo.cache import build_entry, cache_root
@@ -29,7 +29,8 @@ from epalm.zoo.cache import build_entry, cache_root
 log = logging.getLogger(__name__)
 
 EMBEDDED: dict[str, Embedded] = {
-    d.name: d for d in (easy_vqa.DATASET, shapes_video.DATASET, sound_scenes.DATASET)
+    d.name: d
+    for d in (easy_vqa.DATASET, scenes.DATASET, shapes_video.DATASET, sound_scenes.DATASET)
 }
 
 
