@@ -85,6 +85,29 @@ def build_connector(name: str, **kwargs: Any) -> Connector:
         raise TypeError(f"connector {name!r} ({cls.__name__}): {err}") from None
 
 
+class PoolingConnector(Connector):
+    """A connector that turns each level's tokens into K with one module shared by the levels
+    (``pool``), then projects them per level (``self.projection``): the levels become samples of
+    their own for ``pool``, and the K tokens are all real."""
+
+    reads = "tokens"
+    projection: nn.Module
+
+    @abstractmethod
+    def pool(
+        self, tokens: torch.Tensor, mask: torch.Tensor, text: TextContext | None, levels: int
+    ) -> torch.Tensor:
+        """``[batch * levels, T, dim]`` tokens and ``[batch * levels, T]`` mask (each sample's
+        levels in a row) -> ``[batch * levels, K, width]``."""
+
+    def forward(self, features: Features, text: TextContext | None = None) -> SlotTokens:
+        tokens, mask = token_inputs(features, self.levels)
+        batch, levels = tokens.shape[:2]
+        pooled = self.pool(tokens.flatten(0, 1), mask.repeat_interleave(levels, 0), text, levels)
+        out = self.projection(pooled.unflatten(0, (batch, levels)))
+        return SlotTokens(out, all_real(batch, out.shape[2], out))
+
+
 # --- pieces connectors share -------------------------------------------------------------------
 class LevelProjection(nn.Module):
     """Projects features of the encoder's last ``levels`` layers into the LM's width.

@@ -17,16 +17,12 @@ import torch
 from torch import nn
 
 from epalm.connectors.base import (
-    Connector,
-    Features,
     LevelProjection,
+    PoolingConnector,
     TextContext,
-    all_real,
     register_connector,
-    token_inputs,
 )
 from epalm.connectors.token_learner import OrderedTokens, TokenLearner
-from epalm.injection import SlotTokens
 
 
 def fusion_block(width: int, heads: int) -> nn.Module:
@@ -36,12 +32,11 @@ def fusion_block(width: int, heads: int) -> nn.Module:
 
 
 @register_connector("joint-fusion")
-class JointFusion(Connector):
+class JointFusion(PoolingConnector):
     """Media tokens -> ``first_tokens`` and prompt tokens -> ``text_tokens`` (TokenLearner), a
     fusion block over both, then the joint set -> ``num_tokens`` (TokenLearner) and a second
     fusion block; projected into the LM's width per level (the levels share the rest)."""
 
-    reads = "tokens"
     uses_text = True
 
     def __init__(
@@ -70,20 +65,16 @@ class JointFusion(Connector):
         self.fuse_second = fusion_block(width, heads)
         self.projection = LevelProjection(width, lm_dim, levels, shared)
 
-    def forward(self, features: Features, text: TextContext | None = None) -> SlotTokens:
+    def pool(
+        self, tokens: torch.Tensor, mask: torch.Tensor, text: TextContext | None, levels: int
+    ) -> torch.Tensor:
         if text is None:
             raise ValueError("the joint-fusion connector fuses the prompt's text: none was given")
-        tokens, mask = token_inputs(features, self.levels)
-        batch, levels = tokens.shape[:2]
-        media = self.reduce_media(
-            self.order(self.see(tokens.flatten(0, 1))), mask.repeat_interleave(levels, 0)
-        )
+        media = self.reduce_media(self.order(self.see(tokens)), mask)
         embeds, text_mask = text
         words = self.reduce_text(self.order(self.read(embeds.float())), text_mask.bool())
         words = words.repeat_interleave(levels, 0)
         joint = torch.cat([media + self.kind.weight[0], words + self.kind.weight[1]], dim=1)
         joint = self.fuse_first(joint)
         everything = torch.ones(joint.shape[:2], dtype=torch.bool, device=joint.device)
-        joint = self.fuse_second(self.reduce_joint(joint, everything))
-        out = self.projection(joint.unflatten(0, (batch, levels)))
-        return SlotTokens(out, all_real(batch, self.num_tokens, out))
+        return self.fuse_second(self.reduce_joint(joint, everything))

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import inspect
 
+import torch
 from torch import nn
 
 from epalm.connectors.base import (
-    Connector,
-    Features,
     LevelProjection,
+    PoolingConnector,
     TextContext,
-    all_real,
     register_connector,
-    token_inputs,
 )
 from epalm.connectors.token_learner import OrderedTokens
-from epalm.injection import SlotTokens
 
 
 def idefics2_resampler(width: int, latents: int, depth: int, heads: int) -> nn.Module:
@@ -50,12 +47,10 @@ def idefics2_resampler(width: int, latents: int, depth: int, heads: int) -> nn.M
 
 
 @register_connector("resampler")
-class ResamplerConnector(Connector):
+class ResamplerConnector(PoolingConnector):
     """Each level's tokens (in a ``width``-wide space) read by K learned latents through
     ``depth`` cross-attention blocks (one resampler for all levels), then projected into the
     LM's width per level. Padded tokens are masked out of the attention."""
-
-    reads = "tokens"
 
     def __init__(
         self,
@@ -75,10 +70,7 @@ class ResamplerConnector(Connector):
         self.resampler = idefics2_resampler(width, num_tokens, depth, heads)
         self.projection = LevelProjection(width, lm_dim, levels, shared)
 
-    def forward(self, features: Features, text: TextContext | None = None) -> SlotTokens:
-        tokens, mask = token_inputs(features, self.levels)
-        batch, levels = tokens.shape[:2]
-        flat = self.order(self.into(tokens.flatten(0, 1)))
-        latents = self.resampler(flat, mask.repeat_interleave(levels, 0).long())
-        out = self.projection(latents.unflatten(0, (batch, levels)))
-        return SlotTokens(out, all_real(batch, self.num_tokens, out))
+    def pool(
+        self, tokens: torch.Tensor, mask: torch.Tensor, text: TextContext | None, levels: int
+    ) -> torch.Tensor:
+        return self.resampler(self.order(self.into(tokens)), mask.long())

@@ -6,17 +6,13 @@ import torch
 from torch import nn
 
 from epalm.connectors.base import (
-    Connector,
-    Features,
     LevelProjection,
+    PoolingConnector,
     TextContext,
-    all_real,
     masked_softmax,
     register_connector,
     sinusoid,
-    token_inputs,
 )
-from epalm.injection import SlotTokens
 
 
 class TokenLearner(nn.Module):
@@ -52,12 +48,10 @@ class OrderedTokens(nn.Module):
 
 
 @register_connector("token-learner")
-class TokenLearnerConnector(Connector):
+class TokenLearnerConnector(PoolingConnector):
     """Each level's tokens pooled into K by TokenLearner's maps (one learner for all levels),
     then projected into the LM's width per level: K tokens per level, whatever the input's
     length."""
-
-    reads = "tokens"
 
     def __init__(
         self,
@@ -74,10 +68,7 @@ class TokenLearnerConnector(Connector):
         self.learner = TokenLearner(encoder_dim, num_tokens, hidden)
         self.projection = LevelProjection(encoder_dim, lm_dim, levels, shared)
 
-    def forward(self, features: Features, text: TextContext | None = None) -> SlotTokens:
-        tokens, mask = token_inputs(features, self.levels)
-        batch, levels = tokens.shape[:2]
-        flat = self.order(tokens.flatten(0, 1))  # the levels share the learner
-        pooled = self.learner(flat, mask.repeat_interleave(levels, 0))
-        out = self.projection(pooled.unflatten(0, (batch, levels)))
-        return SlotTokens(out, all_real(batch, self.num_tokens, out))
+    def pool(
+        self, tokens: torch.Tensor, mask: torch.Tensor, text: TextContext | None, levels: int
+    ) -> torch.Tensor:
+        return self.learner(self.order(tokens), mask)
