@@ -161,7 +161,7 @@ class EPALM(nn.Module):
                     levels=c.levels_for(slot),
                     shared=c.shared,
                     **extra,
-                    **c.kwargs,
+                    **{**_frames_for(cls, p), **c.kwargs},
                 )
                 for slot, p in self.perceivers.items()
             }
@@ -821,6 +821,14 @@ def _check_promised(what: str, promised: dict[str, int | None], actual: dict[str
     if wrong:
         details = ", ".join(f"{k} {want} but it has {got}" for k, (want, got) in wrong.items())
         raise ValueError(f"{what}: the config says {details}; is the model name right?")
+
+
+def _frames_for(cls: type[Connector], perceiver: Perceiver) -> dict[str, int]:
+    """A connector that can pool frame by frame (it takes ``frames``) is told how many frames
+    the perceiver's tokens hold."""
+    if "frames" not in inspect.signature(cls).parameters:
+        return {}
+    return {"frames": perceiver.token_frames}
 
 
 def _check_levels(slot: str, perceiver: Perceiver, levels: int) -> None:

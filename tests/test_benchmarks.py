@@ -133,6 +133,17 @@ def test_yes_no_probe_asks_each_value_once_as_yes():
     assert len(asked) == 8 + 3 and len({q for q, _ in asked}) == len(asked)
 
 
+def test_scenes_probe_reads_a_linear_fact_and_not_noise():
+    from benchmarks.probe_scenes import probe
+
+    torch.manual_seed(0)
+    x = torch.randn(4000, 6)
+    fact = (x[:, :2] > 0).float()
+    assert probe(x[:3000], x[3000:], fact[:3000], fact[3000:], steps=300) > 0.97
+    noise = torch.randint(0, 2, (4000, 2)).float()
+    assert probe(x[:3000], x[3000:], noise[:3000], noise[3000:], steps=300) < 0.6
+
+
 @pytest.mark.slow
 def test_quick_adapters_compares_every_method_to_the_connector_alone(quick_suite):
     from benchmarks.adapters import METHODS

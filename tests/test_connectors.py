@@ -200,3 +200,38 @@ def test_k_tokens_of_each_slot_take_their_own_span():
     hook.remove()
     torch.testing.assert_close(seen["h"][:, :4], slots[0].tokens[:, 0])
     torch.testing.assert_close(seen["h"][:, 4:8], slots[1].tokens[:, 0])
+
+
+@pytest.mark.parametrize("motion", [False, True])
+def test_per_frame_token_learner_keeps_each_frame_in_its_own_tokens(motion):
+    kwargs = {"num_tokens": 2, "per_frame": True, "motion": motion}
+    model = k_model("token-learner", modalities=["video"], kwargs=kwargs)
+    connector, frames = model.connectors["video"], model.perceivers["video"].token_frames
+    # K per frame in frame order, then (motion) K for the later frames minus the earlier ones
+    assert frames == 4 and connector.num_tokens == 2 * frames + 2 * motion
+    tokens = model.perceivers["video"].tokens(1, **media_batch(model, ["video"], 1)["video"])
+    changed = {**tokens, "tokens": tokens["tokens"].clone()}
+    per_frame = tokens["tokens"].shape[2] // frames
+    third = changed["tokens"][:, :, 2 * per_frame : 3 * per_frame]
+    third += torch.randn_like(third)  # the third frame only
+    with torch.no_grad():
+        before, after = connector(tokens).tokens[0, 0], connector(changed).tokens[0, 0]
+    moved = (before - after).abs().amax(-1) > 1e-6
+    assert moved.tolist() == [False] * 4 + [True] * 2 + [False] * 2 + [True] * 2 * motion
+    with pytest.raises(ValueError, match="4 frames"):
+        connector({"tokens": tokens["tokens"][:, :, 1:], "mask": tokens["mask"][:, 1:]})
+
+
+def test_a_per_frame_connector_reloads_with_its_frames(tmp_path):
+    model = k_model(
+        "token-learner", modalities=["video"], kwargs={"num_tokens": 2, "per_frame": True}
+    )
+    model.save_pretrained(tmp_path)
+    loaded = EPALM.from_pretrained(tmp_path).eval()
+    assert loaded.connectors["video"].num_tokens == 8
+    media = media_batch(model, ["video"], size=2)
+    batch = encode_training(model.tokenizer, ["what moves?"] * 2, ["a dot", "a square"])
+    with torch.no_grad():
+        torch.testing.assert_close(
+            model(**batch, media=media).logits, loaded(**batch, media=media).logits, rtol=0, atol=0
+        )

@@ -51,7 +51,11 @@ class OrderedTokens(nn.Module):
 class TokenLearnerConnector(PoolingConnector):
     """Each level's tokens pooled into K by TokenLearner's maps (one learner for all levels),
     then projected into the LM's width per level: K tokens per level, whatever the input's
-    length."""
+    length. ``per_frame``: a clip's frames are pooled one by one into K tokens each (K x frames
+    in all, in frame order), so the LM still sees when things happen; otherwise the maps span
+    frames x patches. ``motion`` (with ``per_frame``): K more tokens, the later half of the
+    frames' pooled tokens minus the earlier half's, the change that eP-ALM's ``mean+delta``
+    summary hands the LM."""
 
     def __init__(
         self,
@@ -61,9 +65,15 @@ class TokenLearnerConnector(PoolingConnector):
         shared: bool = False,
         num_tokens: int = 8,
         hidden: int | None = None,
+        per_frame: bool = False,
+        motion: bool = False,
+        frames: int = 1,
     ):
         super().__init__()
-        self.levels, self.num_tokens = levels, num_tokens
+        self.frames = frames if per_frame else 1
+        self.motion = motion and self.frames > 1
+        self.levels = levels
+        self.num_tokens = num_tokens * (self.frames + self.motion)
         self.order = OrderedTokens()
         self.learner = TokenLearner(encoder_dim, num_tokens, hidden)
         self.projection = LevelProjection(encoder_dim, lm_dim, levels, shared)
@@ -71,4 +81,18 @@ class TokenLearnerConnector(PoolingConnector):
     def pool(
         self, tokens: torch.Tensor, mask: torch.Tensor, text: TextContext | None, levels: int
     ) -> torch.Tensor:
-        return self.learner(self.order(tokens), mask)
+        if self.frames == 1:
+            return self.learner(self.order(tokens), mask)
+        if tokens.shape[1] % self.frames:
+            raise ValueError(
+                f"per-frame pooling: {tokens.shape[1]} tokens do not split into "
+                f"{self.frames} frames of equal length"
+            )
+        frames = tokens.unflatten(1, (self.frames, -1)).flatten(0, 1)  # [batch x frames, T, D]
+        frame_mask = mask.unflatten(1, (self.frames, -1)).flatten(0, 1)
+        pooled = self.learner(self.order(frames), frame_mask).unflatten(0, (-1, self.frames))
+        if not self.motion:
+            return pooled.flatten(1, 2)
+        half = self.frames // 2
+        change = pooled[:, -half:].mean(1) - pooled[:, :half].mean(1)
+        return torch.cat([pooled.flatten(1, 2), change], dim=1)

@@ -36,6 +36,8 @@ class Perceiver(nn.Module, ABC):
     hidden_size: int
     num_levels: int
     summary: Summary = "cls"
+    #: how many equal runs ``tokens`` come in, one after the other (a clip's frames; 1: one)
+    token_frames: int = 1
 
     @property
     def token_size(self) -> int:

@@ -133,6 +133,10 @@ class FramesPerceiver(Perceiver):
     def token_size(self) -> int:
         return self.image.token_size
 
+    @property
+    def token_frames(self) -> int:
+        return self.num_frames
+
     def tokens(self, levels: int, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
         """Every frame's tokens, frame after frame: ``[batch, levels, frames x tokens, dim]``."""
         batch, frames = next(iter(inputs.values())).shape[:2]
