@@ -220,6 +220,8 @@ def test_per_frame_token_learner_keeps_each_frame_in_its_own_tokens(motion):
     assert moved.tolist() == [False] * 4 + [True] * 2 + [False] * 2 + [True] * 2 * motion
     with pytest.raises(ValueError, match="4 frames"):
         connector({"tokens": tokens["tokens"][:, :, 1:], "mask": tokens["mask"][:, 1:]})
+    with pytest.raises(ValueError, match="per_frame"):
+        build_connector("token-learner", encoder_dim=8, lm_dim=8, motion=True)
 
 
 def test_a_per_frame_connector_reloads_with_its_frames(tmp_path):

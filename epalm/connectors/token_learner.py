@@ -70,6 +70,10 @@ class TokenLearnerConnector(PoolingConnector):
         frames: int = 1,
     ):
         super().__init__()
+        if motion and not per_frame:
+            raise ValueError(
+                "token-learner: motion=true compares frames, so it needs per_frame=true"
+            )
         self.frames = frames if per_frame else 1
         self.motion = motion and self.frames > 1
         self.levels = levels
