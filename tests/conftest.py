@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 
@@ -44,6 +46,33 @@ def assert_text_never_sees_later_text(model, media, t=6, length=12):
         a, b = model(ids, media=media).logits, model(changed, media=media).logits
     torch.testing.assert_close(a[:, : t + 1], b[:, : t + 1], rtol=0, atol=1e-6)
     assert not torch.allclose(a[:, t + 1 :], b[:, t + 1 :])
+
+
+def assert_training_touches_only_the_connector(model, batch, media, steps=5):
+    """A few AdamW steps on ``batch``: every trained tensor (connectors, prompt) gets a
+    gradient and nothing else does, the loss falls at every step, and the LM and perceivers stay
+    bit-identical."""
+    frozen = {
+        k: v.clone() for k, v in model.state_dict().items() if k.startswith(("lm.", "perceivers."))
+    }
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=2e-2)
+    losses = []
+    for _ in range(steps):
+        optimizer.zero_grad()
+        loss = model(**batch, media=media).loss
+        loss.backward()
+        with_grad = {
+            n for n, p in model.named_parameters() if p.grad is not None and p.grad.abs().sum() > 0
+        }
+        assert with_grad == set(model.trainable_state_dict())  # every part of it learns
+        assert all(n.startswith(("connectors.", "prompt.")) for n in with_grad)
+        optimizer.step()
+        losses.append(loss.item())
+    # random tiny LMs are near-uniform (loss ~ ln 260): the prefix can only move it a little
+    assert all(b < a for a, b in itertools.pairwise(losses)), losses
+    assert losses[-1] < losses[0] - 0.02, losses
+    after = model.state_dict()
+    assert all(torch.equal(v, after[k]) for k, v in frozen.items())
 
 
 @pytest.fixture
