@@ -32,15 +32,16 @@ from epalm.errors import MissingFileError
 from epalm.fingerprint import state_sha256, weights_sha256
 from epalm.injection import Injector, SlotTokens, decoder_layers, injection_schedule
 from epalm.text import IGNORE_INDEX, encode_prompts, encode_training, prepare_tokenizer
-from epalm.zoo import load_model, resolve
+from epalm.zoo import load_model
 from epalm.zoo.cache import using_cache
+from epalm.zoo.loading import BYTE_TOKENIZER as BYTE_TOKENIZER  # tiny models name it
+from epalm.zoo.loading import load_tokenizer
 
 log = logging.getLogger(__name__)
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
 # lm.tokenizer naming epalm's byte-level tokenizer, for tiny random LMs (tests, smoke runs)
-BYTE_TOKENIZER = "epalm-bytes"
 # eP-ALM's evaluation decoding: open-ended beam search, at most 30 new tokens.
 DEFAULT_GENERATION = {"num_beams": 3, "max_new_tokens": 30}
 
@@ -239,14 +240,14 @@ class EPALM(nn.Module):
     def parameter_report(self) -> ParameterReport:
         owned = self._adapter_lm_names()
         lm = [p for name, p in self.lm.named_parameters() if name not in owned]
-        parts = {"lm": _count(lm)}
+        parts = {"lm": count_parameters(lm)}
         if self.adapter is not None:
             inside = [self.lm.get_parameter(name) for name in sorted(owned)]
-            parts["adapter"] = _count([*self.adapter.parameters(), *inside])
-        parts["connectors"] = _count(self.connectors.parameters())
-        parts["perceivers"] = _count(self.perceivers.parameters())
+            parts["adapter"] = count_parameters([*self.adapter.parameters(), *inside])
+        parts["connectors"] = count_parameters(self.connectors.parameters())
+        parts["perceivers"] = count_parameters(self.perceivers.parameters())
         if self.prompt is not None:
-            parts["prompt"] = _count(self.prompt.parameters())
+            parts["prompt"] = count_parameters(self.prompt.parameters())
         return ParameterReport(parts)
 
     def _adapter_lm_names(self) -> set[str]:
@@ -746,16 +747,11 @@ def _load_lm(config: EPALMConfig) -> nn.Module:
 
 
 def _load_tokenizer(config: EPALMConfig) -> PreTrainedTokenizerBase:
-    name = config.lm.tokenizer or config.lm.model
-    if name == BYTE_TOKENIZER:
-        from epalm.testing import tiny_tokenizer
-
-        return tiny_tokenizer()
-    if name is None:
+    if config.lm.tokenizer is None and config.lm.model is None:
         raise ValueError(
             "the LM is built from model_config: name a tokenizer in lm.tokenizer or pass tokenizer="
         )
-    return AutoTokenizer.from_pretrained(resolve(name))
+    return load_tokenizer(config.lm.tokenizer or config.lm.model)
 
 
 @contextmanager
@@ -840,7 +836,8 @@ def _check_levels(slot: str, perceiver: Perceiver, levels: int) -> None:
         )
 
 
-def _count(params: Any) -> tuple[int, int]:
+def count_parameters(params: Any) -> tuple[int, int]:
+    """(trainable, total) numbers of parameters."""
     params = list(params)
     return sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params)
 

@@ -169,21 +169,15 @@ def test_auto_picks_exact_for_a_small_gallery_and_checks_its_input(tmp_path):
 # --- the offline text encoder (real weights) ---------------------------------------------------
 @pytest.mark.slow
 def test_the_offline_text_encoder_is_a_real_sentence_encoder():
-    from transformers import AutoModel, AutoTokenizer
-
+    from epalm.retrieval.towers import TextTower
     from epalm.zoo import resolve
 
     directory = resolve("all-minilm-l6-v2")  # fetched and cached like any user's
     assert not list(directory.rglob("*.bin")) and not list(directory.rglob("*.pt"))
-    tokenizer, model = (
-        AutoTokenizer.from_pretrained(directory),
-        AutoModel.from_pretrained(directory),
-    )
+    tower = TextTower("all-minilm-l6-v2")
+    assert tower.pooling == "mean"  # what its sentence-transformers pooling config says
     texts = ["a red circle on a white background", "a crimson round shape", "two dogs in the snow"]
-    batch = tokenizer(texts, padding=True, return_tensors="pt")
     with torch.no_grad():
-        hidden = model(**batch).last_hidden_state
-    mask = batch["attention_mask"][..., None].float()
-    embeddings = F.normalize((hidden * mask).sum(1) / mask.sum(1), dim=-1)
+        embeddings = F.normalize(tower(**tower.tokenize(texts)), dim=-1)
     similar, unrelated = embeddings[0] @ embeddings[1], embeddings[0] @ embeddings[2]
     assert similar > 0.3 > 0.1 > unrelated

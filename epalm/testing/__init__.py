@@ -104,3 +104,29 @@ def tiny_model(
     """A tiny randomly initialised EPALM, tokenizer included (``bos``: whether it prepends
     ``<s>``); ``connector`` overrides its settings."""
     return EPALM(tiny_config(lm, modalities, **connector), tokenizer=tiny_tokenizer(bos))
+
+
+#: A tiny BERT for the text tower of a dual encoder (byte-level tokenizer: 260 tokens).
+TINY_TEXT_ENCODER = {
+    "model_type": "bert",
+    "vocab_size": len(SPECIAL_TOKENS) + 256,
+    "hidden_size": 32,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 2,
+    "intermediate_size": 64,
+    "max_position_embeddings": 128,
+    "pad_token_id": 0,
+}
+
+
+def tiny_dual_encoder(modality: str = "image", align: str = "heads", **config: Any) -> Any:
+    """A tiny randomly initialised dual encoder (retrieval): a tiny perceiver and a tiny BERT."""
+    from epalm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig
+
+    name, kwargs = tiny_perceiver_kwargs(modality)
+    text = {"model_config": TINY_TEXT_ENCODER, "tokenizer": "epalm-bytes"}
+    return DualEncoder(
+        DualEncoderConfig(
+            PerceiverConfig(name, kwargs), text=text, embed_dim=16, align=align, **config
+        )
+    )

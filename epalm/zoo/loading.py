@@ -40,3 +40,20 @@ def load_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         return auto_cls.from_config(config_from_dict(model_config), **kwargs)
+
+
+#: A tokenizer name that stands for epalm's byte-level tokenizer, for tiny random models.
+BYTE_TOKENIZER = "epalm-bytes"
+
+
+def load_tokenizer(name: str | None) -> Any:
+    """The tokenizer called ``name`` (hub id, directory, offline name, or ``epalm-bytes``)."""
+    if name == BYTE_TOKENIZER:
+        from epalm.testing import tiny_tokenizer
+
+        return tiny_tokenizer()
+    if name is None:
+        raise ValueError("the model is built from model_config: name its tokenizer (tokenizer=...)")
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(resolve(name))
