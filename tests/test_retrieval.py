@@ -181,3 +181,65 @@ def test_the_offline_text_encoder_is_a_real_sentence_encoder():
         embeddings = F.normalize(tower(**tower.tokenize(texts)), dim=-1)
     similar, unrelated = embeddings[0] @ embeddings[1], embeddings[0] @ embeddings[2]
     assert similar > 0.3 > 0.1 > unrelated
+
+
+# --- the task: gallery, scores, shuffled pairs, zero-shot ----------------------------------------
+def _caption_sample(i, media, captions):
+    from epalm.data.manifest import Sample
+
+    return Sample(id=f"s{i}", split="test", modality="image", media=[media], captions=captions)
+
+
+def test_a_gallery_groups_captions_by_media_and_skips_questions():
+    from epalm.data.manifest import Sample
+    from epalm.tasks.retrieval import build_gallery
+
+    samples = [
+        _caption_sample(0, "a.png", ["a red circle"]),
+        _caption_sample(1, "b.png", ["a blue square", "a square in blue"]),
+        Sample(
+            id="q",
+            split="test",
+            modality="image",
+            media=["a.png"],
+            question="what?",
+            answers=["red"],
+        ),
+        _caption_sample(2, "a.png", ["a round red shape", "a red circle"]),
+    ]
+    gallery = build_gallery(samples)
+    assert [s.media for s in gallery.items] == [["a.png"], ["b.png"]]
+    assert gallery.item_captions == [
+        ["a red circle", "a round red shape"],
+        ["a blue square", "a square in blue"],
+    ]
+    assert len(gallery.captions) == 4
+
+
+def test_perfect_embeddings_score_100_and_shuffled_pairs_near_chance():
+    from epalm.tasks.retrieval import build_gallery, retrieval_scores, shuffled_scores
+
+    items = 200
+    gallery = build_gallery(
+        [_caption_sample(i, f"{i}.png", [f"caption {i}"]) for i in range(items)]
+    )
+    media = F.normalize(torch.randn(items, 32), dim=-1)
+    text = media.clone()  # each caption's embedding is its item's
+    assert retrieval_scores(media, text, gallery)["mean_recall"] == pytest.approx(100.0)
+    shuffled = shuffled_scores(media, text, gallery)
+    assert shuffled["text_to_media_r@10"] < 15  # chance: 10 / 200 = 5%
+    assert shuffled["mean_recall"] < 10
+
+
+def test_zero_shot_picks_the_closest_prompt():
+    from epalm.tasks.retrieval import zero_shot_accuracy
+
+    classes = ["circle", "square", "triangle"]
+    class_text = torch.eye(3)
+    media = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8], [0.7, 0.6, 0.0], [0.1, 0.0, 0.3]])
+    labels = ["circle", "triangle", "square", "triangle"]
+    result = zero_shot_accuracy(media, labels, classes, class_text)
+    assert result["accuracy"] == pytest.approx(75.0)  # the third is closer to "circle"
+    assert result["majority"] == pytest.approx(50.0)
+    with pytest.raises(ValueError, match=r"\['star'\]"):
+        zero_shot_accuracy(media, [*labels[:3], "star"], classes, class_text)
