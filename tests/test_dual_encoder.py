@@ -170,3 +170,10 @@ def test_adapters_fit_the_real_offline_towers(modality, perceiver, blocks):
     media = model.encode_media([sample_media(modality)])
     text = model.encode_text(["a red circle"])
     assert media.shape == text.shape == (1, 256)
+
+
+def test_training_mode_leaves_the_towers_without_dropout():
+    model = tiny_dual_encoder(align="full").train()
+    _, text = pairs(model)
+    assert not model.text.training and not model.perceiver.training
+    assert torch.equal(model.embed_text(**text), model.embed_text(**text))

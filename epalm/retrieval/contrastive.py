@@ -53,27 +53,36 @@ def gather_with_grad(local: torch.Tensor) -> tuple[torch.Tensor, int]:
     return torch.cat(rows), sum(counts[: dist.get_rank()])
 
 
-def contrastive_loss(
+def contrastive_sum(
     media: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, gather: bool = True
-) -> torch.Tensor:
-    """Symmetric InfoNCE: each media item must pick its own text among every text of the global
-    batch, and each text its own item. ``media``, ``text``: ``[B, D]`` projections of matching
-    pairs (row i with row i), normalised here; ``scale``: the logits' scale (``Temperature()``).
-
-    On one process this is the mean of the 2B cross-entropies / 2. Across processes each one
-    returns its share, scaled so that DDP's average of the gradients equals the gradient of the
-    global batch's mean, even when the processes hold different numbers of pairs.
-    """
+) -> tuple[torch.Tensor, int]:
+    """This process's share of the symmetric InfoNCE, summed: for each of its pairs, half the
+    sum of its two cross-entropies (its item must pick its text among every text of the global
+    batch, and its text its item); and the number of pairs in the global batch. ``media``,
+    ``text``: ``[B, D]`` projections of matching pairs (row i with row i), normalised here;
+    ``scale``: the logits' scale (``Temperature()``)."""
     if media.shape != text.shape or media.ndim != 2:
         raise ValueError(
             f"contrastive loss: media {tuple(media.shape)} and text {tuple(text.shape)} must be "
             "[batch, dim] of the same shape (row i of each is a matching pair)"
         )
     media, text = F.normalize(media, dim=-1), F.normalize(text, dim=-1)
-    world = dist.get_world_size() if gather and _distributed() else 1
-    every_media, start = gather_with_grad(media) if world > 1 else (media, 0)
-    every_text, _ = gather_with_grad(text) if world > 1 else (text, 0)
+    gathering = gather and _distributed()
+    every_media, start = gather_with_grad(media) if gathering else (media, 0)
+    every_text, _ = gather_with_grad(text) if gathering else (text, 0)
     targets = torch.arange(start, start + media.shape[0], device=media.device)
     media_to_text = F.cross_entropy(scale * media @ every_text.T, targets, reduction="sum")
     text_to_media = F.cross_entropy(scale * text @ every_media.T, targets, reduction="sum")
-    return (media_to_text + text_to_media) / 2 * world / every_media.shape[0]
+    return (media_to_text + text_to_media) / 2, every_media.shape[0]
+
+
+def contrastive_loss(
+    media: torch.Tensor, text: torch.Tensor, scale: torch.Tensor, gather: bool = True
+) -> torch.Tensor:
+    """Symmetric InfoNCE (``contrastive_sum``). On one process: the mean over the batch's
+    pairs. Across processes each returns its share, scaled so that DDP's average of the
+    gradients equals the gradient of the global batch's mean, even when the processes hold
+    different numbers of pairs."""
+    summed, pairs = contrastive_sum(media, text, scale, gather)
+    world = dist.get_world_size() if gather and _distributed() else 1
+    return summed * world / pairs

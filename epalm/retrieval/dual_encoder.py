@@ -24,6 +24,7 @@ from torch import nn
 
 from epalm.atomic import atomic_write, atomic_write_text
 from epalm.config import PerceiverConfig, _build
+from epalm.encoders.base import Perceiver
 from epalm.encoders.registry import build_perceiver
 from epalm.errors import MissingFileError
 from epalm.fingerprint import state_sha256
@@ -39,6 +40,7 @@ CONFIG_NAME, WEIGHTS_NAME = "config.json", "model.safetensors"
 @dataclass
 class DualEncoderConfig:
     perceiver: PerceiverConfig
+    modality: str = "image"  # the perceiver's modality: which samples it reads
     text: dict[str, Any] = field(default_factory=lambda: {"model": "all-minilm-l6-v2"})
     embed_dim: int = 256  # the shared space's width
     temperature: float = 0.07  # the initial one; it is learned
@@ -80,8 +82,18 @@ class DualEncoder(nn.Module):
     def device(self) -> torch.device:
         return self.media_head.weight.device
 
-    def embed_media(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        return F.normalize(self.media_head(media_vector(self.perceiver, inputs)), dim=-1)
+    @property
+    def perceivers(self) -> dict[str, Perceiver]:
+        """The media tower by modality, as ``EPALM.perceivers`` (datasets and caches read it)."""
+        return {self.config.modality: self.perceiver}
+
+    def embed_media(
+        self, inputs: dict[str, torch.Tensor] | None = None, features: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """From the perceiver's inputs, or from its cached per-level summaries ``features``
+        ``[batch, levels, hidden]`` (where the media tower trains nothing)."""
+        vector = features[:, -1] if features is not None else media_vector(self.perceiver, inputs)
+        return F.normalize(self.media_head(vector), dim=-1)
 
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.text_head(self.text(input_ids, attention_mask)), dim=-1)
@@ -150,14 +162,7 @@ class DualEncoder(nn.Module):
                 raise MissingFileError(f"{directory} is not a dual encoder: no {required}")
         data = json.loads((directory / CONFIG_NAME).read_text())
         model = cls(DualEncoderConfig.from_dict(data, source=str(directory / CONFIG_NAME)))
-        weights = load_file(str(directory / WEIGHTS_NAME))
-        expected = set(model.trainable_state_dict())
-        if set(weights) != expected:
-            raise ValueError(
-                f"{directory / WEIGHTS_NAME} does not fit align={model.config.align}: missing "
-                f"{sorted(expected - set(weights))}, unexpected {sorted(set(weights) - expected)}"
-            )
-        model.load_state_dict(weights, strict=False)
+        model.load_trained(directory / WEIGHTS_NAME)
         recorded, now = model.config.frozen_digests, model.frozen_digests()
         if differ := sorted(side for side in now if recorded.get(side) != now[side]):
             message = (
@@ -168,3 +173,14 @@ class DualEncoder(nn.Module):
                 raise ValueError(message)
             log.warning("%s", message)
         return model
+
+    def load_trained(self, path: str | os.PathLike) -> None:
+        """Load trained weights, insisting they are exactly this model's trainable tensors."""
+        weights = load_file(str(path), device=str(self.device))
+        expected = set(self.trainable_state_dict())
+        if set(weights) != expected:
+            raise ValueError(
+                f"{path} does not fit align={self.config.align}: missing "
+                f"{sorted(expected - set(weights))}, unexpected {sorted(set(weights) - expected)}"
+            )
+        self.load_state_dict(weights, strict=False)

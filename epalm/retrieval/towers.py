@@ -114,6 +114,11 @@ class TextTower(nn.Module):
         self.requires_grad_(False)
         self.eval()
 
+    def train(self, mode: bool = True) -> TextTower:
+        """Always in eval mode: no dropout, as the perceivers run (their ``freeze``), so that a
+        batch's embeddings do not depend on the random state, however it is split."""
+        return super().train(False)
+
     def tokenize(self, texts: Sequence[str]) -> dict[str, torch.Tensor]:
         batch = self.tokenizer(
             list(texts), padding=True, truncation=True, max_length=self.max_length,

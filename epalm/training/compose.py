@@ -17,7 +17,10 @@ from epalm.presets import CONFIG_DIR, preset_names
 from epalm.training.settings import RunSettings, SettingsError, check, from_container
 
 PRIMARY = "epalm"
-GROUPS = ("modality", "task", "lm", "encoder", "connector", "adapter", "data", "experiment")
+GROUPS = (
+    "modality", "task", "lm", "encoder", "connector", "adapter", "align", "text_encoder", "data",
+    "experiment",
+)  # fmt: skip
 
 
 class ComposeError(ValueError):
@@ -34,9 +37,25 @@ def compose(overrides: Sequence[str] = ()) -> dict[str, Any]:
     try:
         with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
             cfg = hydra_compose(config_name=PRIMARY, overrides=list(overrides))
-        return OmegaConf.to_container(cfg, resolve=True)
+        resolved = OmegaConf.to_container(cfg, resolve=True)
     except (HydraException, OmegaConfBaseException) as err:
         raise ComposeError(_first_lines(str(err))) from None
+    _check_data_choice(overrides, resolved)
+    return resolved
+
+
+def _check_data_choice(overrides: Sequence[str], resolved: dict[str, Any]) -> None:
+    """An experiment that names its own data (the image retrieval job reads scenes) must not
+    quietly overrule a ``data=`` the user chose."""
+    chosen = [o.partition("=")[2] for o in overrides if o.startswith("data=")]
+    if not chosen or chosen[-1] not in preset_names("data"):
+        return
+    wanted = OmegaConf.load(CONFIG_DIR / "data" / f"{chosen[-1]}.yaml").get("name")
+    if wanted is not None and resolved["data"]["name"] != wanted:
+        raise ComposeError(
+            f"data={chosen[-1]}, but the run's experiment reads data.name="
+            f"{resolved['data']['name']}; add data.name={wanted} to read {chosen[-1]}"
+        )
 
 
 def settings(overrides: Sequence[str] = ()) -> tuple[RunSettings, dict[str, Any]]:

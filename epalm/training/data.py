@@ -48,11 +48,11 @@ def load_split(settings: RunSettings, split: str) -> list[Sample]:
     samples = [
         s
         for s in read_manifest(path)
-        if s.task == settings.task.name and s.modality == settings.modality
+        if s.task == settings.task.sample_kind and s.modality == settings.modality
     ]
     if not samples:
         raise SettingsError(
-            f"{path}: no {settings.task.name} samples of modality {settings.modality!r}"
+            f"{path}: no {settings.task.sample_kind} samples of modality {settings.modality!r}"
         )
     return samples
 

@@ -19,12 +19,17 @@ log = logging.getLogger(__name__)
 
 
 def features_for(
-    settings: RunSettings, perceiver: Perceiver, samples: Sequence[Sample], accelerator: Any
+    settings: RunSettings,
+    perceiver: Perceiver,
+    samples: Sequence[Sample],
+    accelerator: Any,
+    levels: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """``str(media path) -> [levels, hidden]`` for every sample (the tokens of the levels the
-    connector reads, for one that reads tokens), computed where missing."""
-    levels = settings.connector.levels_for(settings.modality)
-    reads_tokens = connector_class(settings.connector.name).reads == "tokens"
+    connector reads, for one that reads tokens), computed where missing. ``levels``: that many
+    last levels' summaries instead (a model without a connector: the dual encoder reads 1)."""
+    reads_tokens = levels is None and connector_class(settings.connector.name).reads == "tokens"
+    levels = levels or settings.connector.levels_for(settings.modality)
     cache = FeatureCache(
         perceiver,
         settings.model_cache,

@@ -27,17 +27,27 @@ def train(settings: RunSettings, resolved: dict[str, Any]) -> Path:
 def evaluate(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """Score the saved model on ``eval.split`` (and blind) for every task it was trained for;
     writes ``<run_dir>/eval/<split>`` (a multi-task run: ``<run_dir>/eval/<task>/<split>``)."""
-    from epalm.training.task_data import evaluate_tasks, load_task_data
+    from epalm.objectives import objective_for
+    from epalm.training.task_data import load_task_data
 
     accelerator = _accelerator(settings)
     out_dir = Path(settings.run_dir) / "eval"
     _start(settings, resolved, accelerator, out_dir / settings.eval.split, "eval")
     model = _load_model(settings, accelerator)
+    objective = objective_for(settings)
     tasks = [
-        load_task_data(name, run, model, accelerator, multitask=bool(settings.jobs), test_only=True)
+        load_task_data(
+            name,
+            run,
+            model,
+            accelerator,
+            multitask=bool(settings.jobs),
+            test_only=True,
+            feature_levels=objective.feature_levels(),
+        )
         for name, run in settings.task_runs().items()
     ]
-    rows = evaluate_tasks(model, tasks, out_dir)
+    rows = objective.evaluate(model, tasks, out_dir)
     for name, row in rows.items():
         print(f"{name}: {row['summary']}" if settings.jobs else row["summary"])
     return rows
@@ -45,6 +55,11 @@ def evaluate(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, dict[
 
 def predict(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, str]:
     """Caption, or answer ``predict.question`` about, each file of ``predict.media``."""
+    if settings.task.objective != "generative":
+        raise SettingsError(
+            f"task={settings.task.name} trains a model that searches, not one that writes: "
+            "predict captions or answers with a caption or VQA model"
+        )
     if not settings.predict.media:
         raise ValueError("predict.media is empty: give files, e.g. predict.media=[cat.jpg,dog.png]")
     missing = [m for m in settings.predict.media if not Path(m).is_file()]
@@ -102,7 +117,7 @@ def demo(settings: RunSettings, resolved: dict[str, Any]) -> None:
 
 
 def _load_model(settings: RunSettings, accelerator: Any) -> Any:
-    from epalm.model import EPALM
+    from epalm.objectives import objective_for
 
     directory = Path(settings.checkpoint or Path(settings.run_dir) / "final")
     if not (directory / "config.json").is_file():
@@ -111,7 +126,7 @@ def _load_model(settings: RunSettings, accelerator: Any) -> Any:
             f"modality={settings.modality} task={settings.task.name}`) or set checkpoint=DIR"
         )
     log.info("loading %s", directory)
-    model = EPALM.from_pretrained(directory)
+    model = objective_for(settings).load_model(directory)
     for name, run in settings.task_runs().items():
         if run.modality not in model.perceivers:
             raise ValueError(

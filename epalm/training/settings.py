@@ -26,7 +26,7 @@ from epalm.tasks.vqa import VQA_EVAL_VERSIONS
 
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 FEATURES = ("auto", "cache", "media")
-TASKS = ("caption", "vqa")
+TASKS = ("caption", "vqa", "retrieval")
 
 
 class SettingsError(ValueError):
@@ -59,6 +59,38 @@ class TaskSettings:
     # VQA accuracy by the official code of 2017 (published numbers) or its 2021 fix; "auto":
     # the dataset's own (data.vqa_eval: VQAv2's and GQA's is 2017), else 2021
     vqa_eval: str = "auto"
+    # what trains and scores it (epalm.objectives): generative (caption, VQA) | contrastive
+    objective: str = "generative"
+    samples: str | None = None  # which manifest samples it reads: caption | vqa (None: its name)
+
+    @property
+    def sample_kind(self) -> str:
+        return self.samples or self.name
+
+
+@dataclass
+class RetrievalSettings:
+    """The dual encoder of ``task=retrieval`` (LilT): its text tower and shared space."""
+
+    # the frozen text tower (epalm.retrieval.towers.TextTower's arguments): model (a hub id,
+    # directory or offline name) or model_config + tokenizer; pooling auto | mean | cls | last
+    text_encoder: dict[str, Any] = field(default_factory=lambda: {"model": "all-minilm-l6-v2"})
+    embed_dim: int = 256
+    temperature: float = 0.07  # initial; learned
+    max_scale: float = 100.0  # the clamp on 1 / temperature
+    recall_at: list[int] = field(default_factory=lambda: [1, 5, 10])
+    # zero-shot classification on the evaluation split: the label each item's manifest entry
+    # holds at this dotted key (e.g. attributes.shape), and the prompt around it
+    zero_shot_label: str | None = None
+    zero_shot_prompt: str = "a photo of a {label}"
+
+
+@dataclass
+class AlignSettings:
+    """Which parameters of the dual encoder train (``align=NAME``: epalm.retrieval.align)."""
+
+    name: str = "adapters"
+    kwargs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -157,6 +189,8 @@ class RunSettings:
     demo: DemoSettings = field(default_factory=DemoSettings)
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     multitask: MultitaskSettings = field(default_factory=MultitaskSettings)
+    retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    align: AlignSettings = field(default_factory=AlignSettings)
     # a multi-task run's jobs by task id (from multitask.tasks, made by epalm.training.compose),
     # and each one's resolved config
     jobs: dict[str, RunSettings] = field(default_factory=dict, repr=False)
@@ -269,6 +303,8 @@ _DATACLASSES: dict[str, type] = {
         DemoSettings,
         AdapterConfig,
         MultitaskSettings,
+        RetrievalSettings,
+        AlignSettings,
     )
 }
 
@@ -287,7 +323,7 @@ def check(s: RunSettings) -> None:
     _one_of("injection.prefix_positions", s.injection.prefix_positions, PREFIX_POSITIONS)
     _check_adapter(s.adapter)
     _check_multitask(s)
-    levels = s.connector.levels_for(s.modality)
+    levels = s.connector.levels_for(s.modality) if s.task.objective == "generative" else 1
     if s.encoder.num_levels and levels > s.encoder.num_levels:
         key = f"slot_levels.{s.modality}" if s.modality in s.connector.slot_levels else "levels"
         raise SettingsError(

@@ -10,6 +10,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from torch import nn
+
 from epalm.atomic import atomic_write_text
 from epalm.data.manifest import Sample
 from epalm.model import EPALM
@@ -39,7 +41,7 @@ class TaskData:
     test: list[Sample]
     features: dict[str, Any] | None  # cached perceiver outputs, or None: media every step
     sources: dict[str, dict[str, Any]]  # which file each split was read from
-    model: EPALM
+    model: nn.Module  # the run's model: an EPALM, a dual encoder (anything with .perceivers)
 
     @property
     def num_workers(self) -> int:
@@ -56,26 +58,28 @@ class TaskData:
 def load_task_data(
     name: str,
     run: RunSettings,
-    model: EPALM,
+    model: nn.Module,
     accelerator: Any,
     *,
     multitask: bool,
     test_only: bool = False,
+    feature_levels: int | None = None,
 ) -> TaskData:
     """Task ``name``'s splits (only the evaluation split with ``test_only``) and perception;
-    the feature cache is filled where it is used."""
+    the feature cache is filled where it is used (``feature_levels``: see ``features_for``)."""
     train = [] if test_only else one_per_caption(load_split(run, "train"))
     val = load_split(run, "val") if "val" in run.data.splits and not test_only else []
     val = subset(val, run.train.val_samples, run.seed)
     test = eval_samples(run)
-    if run.task.name == "vqa":
+    if run.task.sample_kind == "vqa":
         lost = unanswerable_questions(train, run.task.vqa_eval)
         if lost:
             log.warning(unanswerable_note(lost, len(train), run.task.vqa_eval, "train"))
     features = None
     if use_cache(run, model):
         perceiver = model.perceivers[run.modality]
-        features = features_for(run, perceiver, [*train, *val, *test], accelerator)
+        samples = [*train, *val, *test]
+        features = features_for(run, perceiver, samples, accelerator, levels=feature_levels)
     counts = {} if test_only else {"train": len(train)}
     counts[run.eval.split] = len(test)
     if val:
@@ -91,12 +95,23 @@ def load_task_data(
     )
 
 
-def use_cache(run: RunSettings, model: EPALM) -> bool:
+def use_cache(run: RunSettings, model: nn.Module) -> bool:
     """Frozen features from the cache, unless augmenting, or unless the encoder's dropout acts
     in training (``train.frozen_dropout``): cached features were computed without it."""
     if run.train.features == "media" or (run.train.features == "auto" and run.train.augment):
         return False
     perceiver = model.perceivers[run.modality]
+    if trained := [name for name, p in perceiver.named_parameters() if p.requires_grad]:
+        if run.train.features == "cache":
+            raise SettingsError(
+                f"train.features=cache: the {run.modality} encoder trains ({trained[0]} and "
+                f"{len(trained) - 1} more), so its outputs change at every step; set "
+                "train.features=media"
+            )
+        log.info(
+            "features from media: the %s encoder trains (%d tensors)", run.modality, len(trained)
+        )
+        return False
     noisy = perceiver.stochastic_layers() if run.train.frozen_dropout else []
     if not noisy:
         return True

@@ -13,36 +13,23 @@ from typing import Any
 
 import torch
 from accelerate.utils import set_seed
-from torch import nn
 from tqdm.auto import tqdm
 
-from epalm.model import EPALM
-from epalm.tasks.collate import Collator, TaskCollator, is_empty, model_inputs, to_device
+from epalm.objectives import objective_for
+from epalm.tasks.collate import TaskCollator, is_empty, model_inputs, to_device
 from epalm.training import checkpoint as ckpt
 from epalm.training import faithful
 from epalm.training.data import TaskItems, TaskSampler, batches, task_mix
-from epalm.training.evaluate import predict_samples, score, selection_score
+from epalm.training.evaluate import selection_score
 from epalm.training.optim import Schedule, build_optimization, check_recipe
 from epalm.training.settings import RunSettings, SettingsError
-from epalm.training.task_data import TaskData, evaluate_tasks, load_task_data
+from epalm.training.task_data import TaskData, load_task_data
 
 log = logging.getLogger(__name__)
 
 
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite; names the step and the batch's sample ids."""
-
-
-class TargetLoss(nn.Module):
-    """The model's summed target loss as a module's forward, so DDP can wrap it."""
-
-    def __init__(self, model: EPALM) -> None:
-        super().__init__()
-        self.model = model
-
-    def forward(self, task: str | None = None, **batch: Any) -> tuple[torch.Tensor, int]:
-        with self.model.using_task(task):
-            return self.model.target_loss(**batch)
 
 
 class Trainer:
@@ -57,8 +44,8 @@ class Trainer:
         check_recipe(settings.train.optimizer)
         if settings.faithful:
             log.info(faithful.summary(settings))
-        self.model = EPALM(settings.model_config())
-        self.model.frozen_dropout = settings.train.frozen_dropout
+        self.objective = objective_for(settings)
+        self.model = self.objective.build_model(settings)
         self.model.to(accelerator.device)
         report = self.model.parameter_report()
         log.info(
@@ -68,14 +55,22 @@ class Trainer:
             100 * report.share,
         )
         log.info("parameters by part:\n%s", report)
-        log.info("perception reaches the LM as %s", self.model.describe_slots())
+        if description := self.objective.describe(self.model):
+            log.info("%s", description)
 
     # --- data ------------------------------------------------------------------------------
     def _datasets(self) -> None:
         """Every task's splits and perception: the run's own job, or a multi-task run's jobs."""
         multitask = bool(self.s.jobs)
         self.tasks: list[TaskData] = [
-            load_task_data(name, run, self.model, self.acc, multitask=multitask)
+            load_task_data(
+                name,
+                run,
+                self.model,
+                self.acc,
+                multitask=multitask,
+                feature_levels=self.objective.feature_levels(),
+            )
             for name, run in self.s.task_runs().items()
         ]
 
@@ -103,15 +98,7 @@ class Trainer:
             rank=acc.process_index,
             world_size=acc.num_processes,
         )
-        collate = TaskCollator(
-            {
-                # one caption per training pair: no draw
-                t.name: Collator(
-                    self.model, train=False, vqa_eval=t.run.task.vqa_eval, task=t.model_task
-                )
-                for t in self.tasks
-            }
-        )
+        collate = TaskCollator({t.name: self.objective.collator(self.model, t) for t in self.tasks})
         workers = max(t.num_workers for t in self.tasks)
         return batches(TaskItems(datasets, s.seed), collate, sampler=sampler, num_workers=workers)
 
@@ -130,7 +117,7 @@ class Trainer:
         if latest is not None:
             state = ckpt.load_checkpoint(latest, self.model, optimizer, scheduler, acc.scaler)
             log.info("resumed from %s (step %d of %d)", latest, state["step"], total)
-        wrapped, optimizer = acc.prepare(TargetLoss(self.model), optimizer)
+        wrapped, optimizer = acc.prepare(self.objective.loss_module(self.model), optimizer)
         acc.init_trackers("tensorboard")
         loader = self._train_loader(total, state["step"])
         log.info(
@@ -195,11 +182,12 @@ class Trainer:
 
     def _step(self, wrapped, optimizer, micro_batches, step: int) -> float:
         """One optimizer step over ``grad_accum`` micro-batches per process. The loss is the mean
-        over every target token of the global batch (HF's ``num_items_in_batch``), so any split
-        over processes and accumulation gives the single-process gradient."""
+        over everything the objective counts in the global batch (target tokens: HF's
+        ``num_items_in_batch``; pairs), so any split over processes and accumulation gives the
+        single-process gradient."""
         s, acc = self.s, self.acc
         parts = self._drop_empty([next(micro_batches) for _ in range(s.train.grad_accum)], step)
-        tokens = self._sum_over_processes(sum(self.model.target_count(b["labels"]) for b in parts))
+        tokens = self._sum_over_processes(sum(self.objective.count(self.model, b) for b in parts))
         total = 0.0
         for i, batch in enumerate(parts):
             sync = i == len(parts) - 1
@@ -283,16 +271,7 @@ class Trainer:
     def _validate_task(self, task: TaskData, step: int) -> tuple[str, float]:
         """``(metric, value)`` of one task on its validation subset, logged."""
         run, label = task.run, f"{task.name} " if task.model_task else ""
-        predictions = predict_samples(
-            self.model,
-            task.val_set,
-            task=run.task.name,
-            generation=run.eval.generation,
-            batch_size=run.eval.batch_size,
-            desc=f"validating {label}".strip(),
-            task_id=task.model_task,
-        )
-        metrics = score(run.task.name, predictions, task.val, run.task.vqa_eval)["metrics"]
+        metrics = self.objective.validate(self.model, task)
         log.info("step %d  val %s%s %.4f", step, label, run.task.metric, metrics[run.task.metric])
         prefix = f"val/{task.name}/" if task.model_task else "val/"
         self.acc.log({f"{prefix}{k}": v for k, v in metrics.items()}, step)
@@ -314,7 +293,7 @@ class Trainer:
         if acc.is_main_process:
             ckpt.publish_model(self.model, final)
             log.info("saved the trained model: %s", final)
-            rows = evaluate_tasks(self.model, self.tasks, self.run_dir / "eval")
+            rows = self.objective.evaluate(self.model, self.tasks, self.run_dir / "eval")
             for name, row in rows.items():
                 prefix = f"{name}/" if len(rows) > 1 else ""
                 numbers = {m: row[m] for m in ("seen", "blind") if m in row}

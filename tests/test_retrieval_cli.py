@@ -1,0 +1,99 @@
+"""`epalm train task=retrieval` end to end on tiny random towers: it trains, scores and
+re-scores, resumes bit-identically after a kill, and two processes (gathered negatives) follow
+the single-process loss curve."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from test_train_cli import history, run_cli, run_to_end, tiny
+
+RETRIEVAL = ["text_encoder=tiny-text", "connector.levels=2", "train.lr=1e-2"]
+
+
+def retrieval(tmp_path, *extra: str) -> list[str]:
+    args = tiny(tmp_path, "image", "retrieval", *RETRIEVAL, *extra)
+    return [a for a in args if not a.startswith("lm=")]  # no LM in a dual encoder
+
+
+@pytest.mark.core
+def test_a_retrieval_run_trains_keeps_only_trained_tensors_and_rescores(tmp_path):
+    args = retrieval(tmp_path, "train.max_steps=8", "train.eval_every=4", "align=adapters")
+    run_to_end(["train", *args])
+    run = tmp_path / "run"
+    curve = history(run)
+    assert len(curve) == 8 and curve[-1] < curve[0]
+    saved = set(load_file(run / "final" / "model.safetensors"))
+    assert saved and all(
+        k.startswith(("adapters.", "media_head.", "text_head.", "temperature."))
+        or "norm" in k.lower()
+        for k in saved
+    ), sorted(saved)
+    scores = json.loads((run / "eval" / "test" / "scores.json").read_text())
+    assert {"seen", "shuffled", "items", "captions"} <= set(scores)
+    assert 0 <= scores["seen"]["mean_recall"] <= 100
+    run_to_end(["eval", *args])  # the saved model, scored again by `epalm eval`
+    again = json.loads((run / "eval" / "test" / "scores.json").read_text())
+    assert again["seen"] == scores["seen"] and again["shuffled"] == scores["shuffled"]
+
+
+@pytest.mark.core
+def test_predict_refuses_a_retrieval_model(tmp_path):
+    out = subprocess.run(
+        [sys.executable, "-m", "epalm", "predict", *retrieval(tmp_path), "predict.media=[x.png]"],
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "searches, not one that writes" in out.stderr
+
+
+@pytest.mark.slow
+def test_retrieval_resumes_bit_identical_after_sigkill(tmp_path):
+    steps = ["train.max_steps=30", "train.save_every=4", "train.eval_every=100"]
+    run_to_end(["train", *retrieval(tmp_path / "a", *steps)])
+    killed = retrieval(tmp_path / "b", *steps)
+    proc = run_cli(["train", *killed])
+    checkpoints = tmp_path / "b" / "run" / "checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints.is_dir() and any(checkpoints.glob("step-*"))):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "b" / "run" / "final").exists(), "the run ended before the kill"
+    run_to_end(["train", *killed])
+    assert "resumed from" in (tmp_path / "b" / "run" / "train.log").read_text()
+    a = load_file(tmp_path / "a" / "run" / "final" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "run" / "final" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.slow
+def test_two_processes_gather_negatives_and_follow_the_single_process_curve(tmp_path):
+    """Each of two processes holds half of every batch; with negatives gathered from both, the
+    loss curve is the single process's, step by step."""
+    steps = ["train.max_steps=6", "train.eval_every=100", "eval.blind=false"]
+    run_to_end(["train", *retrieval(tmp_path / "one", *steps)])
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu"]
+    launch += ["--num_processes", "2", "--main_process_port", "29523", "-m", "epalm", "train"]
+    two = subprocess.run(
+        [*launch, *retrieval(tmp_path / "two", *steps)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "TOKENIZERS_PARALLELISM": "false"},
+    )
+    assert two.returncode == 0, two.stderr[-3000:]
+    one_curve, two_curve = history(tmp_path / "one" / "run"), history(tmp_path / "two" / "run")
+    assert len(one_curve) == len(two_curve) == 6
+    for a, b in zip(one_curve, two_curve):
+        assert abs(a - b) < 1e-4 * abs(a)
