@@ -170,6 +170,7 @@ JOBS = {
     "train": "train a connector, then score it with and without perception",
     "eval": "score a trained model on a split, and blind",
     "predict": "caption or answer questions about files",
+    "retrieve": "search media by text and text by media with a retrieval model",
     "cache": "compute the frozen encoder's features once",
     "demo": "serve trained models in a web page (Gradio)",
 }

@@ -44,6 +44,29 @@ def test_a_retrieval_run_trains_keeps_only_trained_tensors_and_rescores(tmp_path
     again = json.loads((run / "eval" / "test" / "scores.json").read_text())
     assert again["seen"] == scores["seen"] and again["shuffled"] == scores["shuffled"]
 
+    # `epalm retrieve`: text -> media and media -> captions over the test gallery's index,
+    # built by the first call beside the checkpoint and read by the next
+    test = json.loads((run / "eval" / "test" / "scores.json").read_text())
+    media = sorted((tmp_path / "cache" / "datasets").rglob("test-*.png"))[0]
+    query = ['retrieve.text=["a small red circle"]', f"retrieve.media=[{media}]", "retrieve.k=2"]
+    first = _hits(run_to_end(["retrieve", *args, *query]))
+    assert (run / "final" / "index" / "scenes-test" / "media" / "index.json").is_file()
+    assert [len(first[q]) for q in ("a small red circle", str(media))] == [2, 2]
+    assert all(key.endswith(".png") for key, _ in first["a small red circle"])
+    assert not any(key.endswith(".png") for key, _ in first[str(media)])  # captions
+    assert len({key for key, _ in first[str(media)]}) == 2 <= test["captions"]
+    assert _hits(run_to_end(["retrieve", *args, *query])) == first
+
+
+def _hits(output: str) -> dict[str, list[tuple[str, float]]]:
+    """``query\trank\tcosine\tkey`` lines -> {query: [(key, cosine), ...]} in rank order."""
+    hits: dict[str, list[tuple[str, float]]] = {}
+    for line in output.splitlines():
+        parts = line.split("\t")
+        if len(parts) == 4 and parts[1].isdigit():
+            hits.setdefault(parts[0], []).append((parts[3], float(parts[2])))
+    return hits
+
 
 @pytest.mark.core
 def test_predict_refuses_a_retrieval_model(tmp_path):

@@ -183,6 +183,10 @@ _PURPOSE = {
     "demo": "Serve saved models in a web page: checkpoint=DIR (or demo.checkpoints=[A,B]),\n"
     "by default every runs/*/final; on 127.0.0.1 unless demo.host, demo.share or demo.auth\n"
     "say otherwise (the demo.* keys below; docs/demo.md explains them).",
+    "retrieve": "Search with a retrieval model (task=retrieval; checkpoint=DIR, default\n"
+    "<run_dir>/final): retrieve.text=[queries] finds the evaluation split's best-fitting media,\n"
+    "retrieve.media=[files] its best-fitting captions. The gallery's index is built once and\n"
+    "saved beside the checkpoint.",
     "cache": "Compute the frozen encoder's features of every split of the data once, into\n"
     "the feature cache that training and evaluation read.",
 }

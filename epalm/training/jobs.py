@@ -91,6 +91,61 @@ def predict(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, str]:
     return results
 
 
+def retrieve(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, list[tuple[str, float]]]:
+    """Search the evaluation split's gallery: each of ``retrieve.text``'s queries for its best
+    media, each of ``retrieve.media``'s files for its best captions. Prints one line per hit
+    (query, rank, cosine, key); the gallery's indexes are built once, beside the checkpoint."""
+    if settings.task.objective != "contrastive":
+        raise SettingsError(
+            f"epalm retrieve searches with a retrieval model (task=retrieval), not task="
+            f"{settings.task.name}"
+        )
+    options = settings.retrieve
+    if not options.text and not options.media:
+        raise SettingsError('give retrieve.text=["a query"] and/or retrieve.media=[file, ...]')
+    missing = [m for m in options.media if not Path(m).is_file()]
+    if missing:
+        raise MissingFileError(f"retrieve.media: no such file: {', '.join(missing)}")
+    accelerator = _accelerator(settings)
+    _setup_logging(settings, accelerator.is_main_process, None)
+    model = _load_model(settings, accelerator)
+    indexes = _gallery_indexes(settings, model, accelerator)
+    from epalm.data.dataset import decode
+
+    queries = {q: model.encode_text([q]) for q in options.text}
+    for path in options.media:
+        queries[path] = model.encode_media([decode(path, model.perceiver, train=False)])
+    results = {}
+    for query, embedding in queries.items():
+        index = indexes.text if query in options.media else indexes.media
+        hits = index.search(embedding.cpu(), k=options.k)
+        results[query] = list(zip(hits.keys[0], hits.scores[0].tolist()))
+        for rank, (key, cosine) in enumerate(results[query], start=1):
+            print(f"{query}\t{rank}\t{cosine:.4f}\t{key}")
+    return results
+
+
+def _gallery_indexes(settings: RunSettings, model: Any, accelerator: Any) -> Any:
+    """The indexes of the evaluation split's media and captions, saved in
+    ``<checkpoint>/index/<data>-<split>`` the first time."""
+    from epalm.objectives.contrastive import embed_gallery
+    from epalm.retrieval.search import gallery_indexes
+    from epalm.training.task_data import load_task_data
+
+    directory = _checkpoint_dir(settings) / "index" / f"{settings.data.name}-{settings.eval.split}"
+
+    def build() -> tuple[list[str], Any, list[str], Any]:
+        task = load_task_data(
+            settings.task_id, settings, model, accelerator, multitask=False, test_only=True,
+            feature_levels=1,
+        )  # fmt: skip
+        gallery, items, texts = embed_gallery(model, task, task.test, "indexing")
+        paths = [str(item.media_paths[0]) for item in gallery.items]
+        return paths, items, gallery.captions, texts
+
+    return gallery_indexes(directory, build, settings.retrieve.index)
+
+
 def cache(settings: RunSettings, resolved: dict[str, Any]) -> None:
     """Fill the feature cache for every split of the data (all processes share the work)."""
     from epalm.encoders import build_perceiver
@@ -119,7 +174,7 @@ def demo(settings: RunSettings, resolved: dict[str, Any]) -> None:
 def _load_model(settings: RunSettings, accelerator: Any) -> Any:
     from epalm.objectives import objective_for
 
-    directory = Path(settings.checkpoint or Path(settings.run_dir) / "final")
+    directory = _checkpoint_dir(settings)
     if not (directory / "config.json").is_file():
         raise MissingFileError(
             f"{directory} holds no trained model; train one first (`epalm train "
@@ -133,6 +188,10 @@ def _load_model(settings: RunSettings, accelerator: Any) -> Any:
                 f"{directory} perceives {sorted(model.perceivers)}, not {run.modality} ({name})"
             )
     return model.to(accelerator.device).eval()
+
+
+def _checkpoint_dir(settings: RunSettings) -> Path:
+    return Path(settings.checkpoint or Path(settings.run_dir) / "final")
 
 
 def _accelerator(settings: RunSettings, tracking: bool = False) -> Any:

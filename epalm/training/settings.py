@@ -136,6 +136,16 @@ class EvalSettings:
 
 
 @dataclass
+class RetrieveSettings:
+    """``epalm retrieve``: search the evaluation split's gallery with a retrieval model."""
+
+    text: list[str] = field(default_factory=list)  # queries: the gallery's best-fitting media
+    media: list[str] = field(default_factory=list)  # files: the gallery's best-fitting captions
+    k: int = 5
+    index: str = "auto"  # auto (by gallery size) | exact | faiss-flat | faiss-hnsw
+
+
+@dataclass
 class PredictSettings:
     media: list[str] = field(default_factory=list)
     question: str | None = None  # None: caption
@@ -190,6 +200,7 @@ class RunSettings:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     multitask: MultitaskSettings = field(default_factory=MultitaskSettings)
     retrieval: RetrievalSettings = field(default_factory=RetrievalSettings)
+    retrieve: RetrieveSettings = field(default_factory=RetrieveSettings)
     align: AlignSettings = field(default_factory=AlignSettings)
     # a multi-task run's jobs by task id (from multitask.tasks, made by epalm.training.compose),
     # and each one's resolved config
@@ -304,6 +315,7 @@ _DATACLASSES: dict[str, type] = {
         AdapterConfig,
         MultitaskSettings,
         RetrievalSettings,
+        RetrieveSettings,
         AlignSettings,
     )
 }

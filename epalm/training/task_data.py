@@ -101,16 +101,14 @@ def use_cache(run: RunSettings, model: nn.Module) -> bool:
     if run.train.features == "media" or (run.train.features == "auto" and run.train.augment):
         return False
     perceiver = model.perceivers[run.modality]
-    if trained := [name for name, p in perceiver.named_parameters() if p.requires_grad]:
+    if changed := changed_parts(perceiver):
         if run.train.features == "cache":
             raise SettingsError(
-                f"train.features=cache: the {run.modality} encoder trains ({trained[0]} and "
-                f"{len(trained) - 1} more), so its outputs change at every step; set "
-                "train.features=media"
+                f"train.features=cache: the {run.modality} encoder is trained or adapted "
+                f"({changed[0]} and {len(changed) - 1} more), so the cached features are not its "
+                "outputs; set train.features=media"
             )
-        log.info(
-            "features from media: the %s encoder trains (%d tensors)", run.modality, len(trained)
-        )
+        log.info("features from media: the %s encoder is trained or adapted", run.modality)
         return False
     noisy = perceiver.stochastic_layers() if run.train.frozen_dropout else []
     if not noisy:
@@ -127,6 +125,16 @@ def use_cache(run: RunSettings, model: nn.Module) -> bool:
         len(noisy),
     )
     return False
+
+
+def changed_parts(perceiver: nn.Module) -> list[str]:
+    """What makes a perceiver compute other than its frozen self: trainable parameters, and
+    modules with forward hooks (adapters)."""
+    trained = [name for name, p in perceiver.named_parameters() if p.requires_grad]
+    hooked = [
+        name or "(the perceiver)" for name, m in perceiver.named_modules() if m._forward_hooks
+    ]
+    return trained + hooked
 
 
 def evaluate_tasks(
