@@ -6,15 +6,13 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train_cli import history, run_cli, run_to_end, tiny
+from test_train_cli import history, kill_after_first_checkpoint, run_to_end, tiny
 
 RETRIEVAL = ["text_encoder=tiny-text", "connector.levels=2", "train.lr=1e-2"]
 
@@ -83,16 +81,7 @@ def test_retrieval_resumes_bit_identical_after_sigkill(tmp_path):
     steps = ["train.max_steps=30", "train.save_every=4", "train.eval_every=100"]
     run_to_end(["train", *retrieval(tmp_path / "a", *steps)])
     killed = retrieval(tmp_path / "b", *steps)
-    proc = run_cli(["train", *killed])
-    checkpoints = tmp_path / "b" / "run" / "checkpoints"
-    deadline = time.time() + 300
-    while not (checkpoints.is_dir() and any(checkpoints.glob("step-*"))):
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "b" / "run" / "final").exists(), "the run ended before the kill"
+    kill_after_first_checkpoint(killed, tmp_path / "b" / "run")
     run_to_end(["train", *killed])
     assert "resumed from" in (tmp_path / "b" / "run" / "train.log").read_text()
     a = load_file(tmp_path / "a" / "run" / "final" / "model.safetensors")

@@ -90,6 +90,20 @@ def run_to_end(args: list[str]) -> str:
     return out
 
 
+def kill_after_first_checkpoint(args: list[str], run_dir: Path) -> None:
+    """Start `epalm train args` and SIGKILL it once it has written a checkpoint (before it ends)."""
+    proc = run_cli(["train", *args])
+    checkpoints = run_dir / "checkpoints"
+    deadline = time.time() + 300
+    while not (checkpoints.is_dir() and any(checkpoints.glob("step-*"))):
+        assert proc.poll() is None, proc.stdout.read()
+        assert time.time() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (run_dir / "final").exists(), "the run ended before the kill"
+
+
 def history(run_dir: Path) -> list[float]:
     last = sorted((run_dir / "checkpoints").iterdir())[-1]
     return [h["loss"] for h in json.loads((last / "trainer_state.json").read_text())["history"]]
@@ -251,16 +265,7 @@ def test_resume_after_sigkill_ends_bit_identical(tmp_path, adapter):
     run_to_end(["train", *straight])
 
     killed = tiny(tmp_path / "b", "image", "vqa", *steps)
-    proc = run_cli(["train", *killed])
-    checkpoints = tmp_path / "b" / "run" / "checkpoints"
-    deadline = time.time() + 300
-    while not (checkpoints.is_dir() and any(checkpoints.glob("step-*"))):
-        assert proc.poll() is None, proc.stdout.read()
-        assert time.time() < deadline
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not (tmp_path / "b" / "run" / "final").exists(), "the run ended before the kill"
+    kill_after_first_checkpoint(killed, tmp_path / "b" / "run")
     run_to_end(["train", *killed])
     log = (tmp_path / "b" / "run" / "train.log").read_text()
     assert "resumed from" in log, "the second run started over instead of resuming"
