@@ -55,10 +55,15 @@ class Objective(ABC):
 
     @abstractmethod
     def evaluate(
-        self, model: nn.Module, tasks: list[TaskData], out_root: Path
+        self,
+        model: nn.Module,
+        tasks: list[TaskData],
+        out_root: Path,
+        checkpoint: Path | None = None,
     ) -> dict[str, dict[str, Any]]:
         """Score every task on its evaluation split into ``out_root``; a row per task with its
-        ``metric``, ``split``, ``seen`` (and a control such as ``blind``) and ``summary``."""
+        ``metric``, ``split``, ``seen`` (and a control such as ``blind``) and ``summary``.
+        ``checkpoint``: where the scored model is saved, for what belongs beside it."""
 
     def feature_levels(self) -> int | None:
         """How many last levels' summaries the model reads from the feature cache (None: what

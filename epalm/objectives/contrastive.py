@@ -21,6 +21,8 @@ from epalm.data.manifest import Sample
 from epalm.objectives.base import Objective, register_objective
 from epalm.retrieval.contrastive import contrastive_sum
 from epalm.retrieval.dual_encoder import DualEncoder, DualEncoderConfig
+from epalm.retrieval.index import RetrievalIndex
+from epalm.retrieval.search import GalleryIndexes
 from epalm.tasks.collate import is_empty, stack_features, to_device
 from epalm.tasks.retrieval import (
     Gallery,
@@ -120,13 +122,22 @@ class Contrastive(Objective):
         return retrieval_scores(items, texts, gallery, ks)
 
     def evaluate(
-        self, model: DualEncoder, tasks: list[TaskData], out_root: Path
+        self,
+        model: DualEncoder,
+        tasks: list[TaskData],
+        out_root: Path,
+        checkpoint: Path | None = None,
     ) -> dict[str, dict[str, Any]]:
+        """Each task's report; with ``checkpoint``, its gallery's search indexes are saved
+        beside it too (``index_dir``), for ``epalm retrieve`` and the demo."""
         rows = {}
         for task in tasks:
             run = task.run
             out_dir = (out_root / task.name if task.model_task else out_root) / run.eval.split
-            report = retrieval_report(model, task)
+            gallery, items, texts = embed_gallery(model, task, task.test, "evaluating")
+            report = retrieval_report(task, gallery, items, texts)
+            if checkpoint is not None:
+                save_indexes(index_dir(checkpoint, run), gallery, items, texts, run.retrieve.index)
             out_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_text(out_dir / "scores.json", json.dumps(report, indent=1) + "\n")
             line = _summary(run, report)
@@ -193,18 +204,43 @@ def embed_gallery(
     return gallery, items, texts
 
 
-def retrieval_report(model: DualEncoder, task: TaskData) -> dict[str, Any]:
-    """Recalls on the evaluation split, the same on shuffled pairs, and zero-shot accuracy
+def index_dir(checkpoint: Path, run: RunSettings) -> Path:
+    """Where a checkpoint keeps the search indexes of ``run``'s evaluation gallery."""
+    return checkpoint / "index" / f"{run.data.name}-{run.eval.split}"
+
+
+def save_indexes(
+    directory: Path, gallery: Gallery, items: torch.Tensor, texts: torch.Tensor, kind: str
+) -> GalleryIndexes:
+    """The gallery's media (keyed by path) and captions, indexed and saved in ``directory``."""
+    paths = [str(item.media_paths[0]) for item in gallery.items]
+    indexes = GalleryIndexes(
+        RetrievalIndex(items, paths, kind=kind), RetrievalIndex(texts, gallery.captions, kind=kind)
+    )
+    indexes.save(directory)
+    log.info(
+        "indexed %d media and %d captions (%s): %s",
+        len(paths),
+        len(texts),
+        indexes.media.kind,
+        directory,
+    )
+    return indexes
+
+
+def retrieval_report(
+    task: TaskData, gallery: Gallery, items: torch.Tensor, texts: torch.Tensor
+) -> dict[str, Any]:
+    """Recalls on the evaluation gallery, the same on shuffled pairs, and zero-shot accuracy
     where ``retrieval.zero_shot_label`` names the items' labels; ``warnings`` when the recalls
     are no better than shuffled pairs."""
     run = task.run
-    gallery, items, texts = embed_gallery(model, task, task.test, "evaluating")
     ks = run.retrieval.recall_at
     report: dict[str, Any] = {"items": len(gallery), "captions": len(gallery.captions)}
     report["seen"] = retrieval_scores(items, texts, gallery, ks)
     report["shuffled"] = shuffled_scores(items, texts, gallery, ks, seed=run.seed)
     if run.retrieval.zero_shot_label:
-        report["zero_shot"] = _zero_shot(model, gallery, items, run)
+        report["zero_shot"] = _zero_shot(task.model, gallery, items, run)
     seen, shuffled = report["seen"][METRIC], report["shuffled"][METRIC]
     report["warnings"] = (
         [f"mean recall {seen:.1f} is no better than on shuffled pairs ({shuffled:.1f})"]

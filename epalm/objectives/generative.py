@@ -65,7 +65,11 @@ class Generative(Objective):
         return score(run.task.name, predictions, task.val, run.task.vqa_eval)["metrics"]
 
     def evaluate(
-        self, model: EPALM, tasks: list[TaskData], out_root: Path
+        self,
+        model: EPALM,
+        tasks: list[TaskData],
+        out_root: Path,
+        checkpoint: Path | None = None,
     ) -> dict[str, dict[str, Any]]:
         return evaluate_tasks(model, tasks, out_root)
 

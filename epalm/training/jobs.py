@@ -47,7 +47,7 @@ def evaluate(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, dict[
         )
         for name, run in settings.task_runs().items()
     ]
-    rows = objective.evaluate(model, tasks, out_dir)
+    rows = objective.evaluate(model, tasks, out_dir, checkpoint=_checkpoint_dir(settings))
     for name, row in rows.items():
         print(f"{name}: {row['summary']}" if settings.jobs else row["summary"])
     return rows
@@ -126,24 +126,21 @@ def retrieve(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, list[
 
 
 def _gallery_indexes(settings: RunSettings, model: Any, accelerator: Any) -> Any:
-    """The indexes of the evaluation split's media and captions, saved in
-    ``<checkpoint>/index/<data>-<split>`` the first time."""
-    from epalm.objectives.contrastive import embed_gallery
-    from epalm.retrieval.search import gallery_indexes
+    """The indexes of the evaluation split's media and captions, saved beside the checkpoint
+    (by training's final evaluation, or here the first time)."""
+    from epalm.objectives.contrastive import embed_gallery, index_dir, save_indexes
+    from epalm.retrieval.search import GalleryIndexes
     from epalm.training.task_data import load_task_data
 
-    directory = _checkpoint_dir(settings) / "index" / f"{settings.data.name}-{settings.eval.split}"
-
-    def build() -> tuple[list[str], Any, list[str], Any]:
-        task = load_task_data(
-            settings.task_id, settings, model, accelerator, multitask=False, test_only=True,
-            feature_levels=1,
-        )  # fmt: skip
-        gallery, items, texts = embed_gallery(model, task, task.test, "indexing")
-        paths = [str(item.media_paths[0]) for item in gallery.items]
-        return paths, items, gallery.captions, texts
-
-    return gallery_indexes(directory, build, settings.retrieve.index)
+    directory = index_dir(_checkpoint_dir(settings), settings)
+    if GalleryIndexes.saved_in(directory):
+        return GalleryIndexes.load(directory)
+    task = load_task_data(
+        settings.task_id, settings, model, accelerator, multitask=False, test_only=True,
+        feature_levels=1,
+    )  # fmt: skip
+    gallery, items, texts = embed_gallery(model, task, task.test, "indexing")
+    return save_indexes(directory, gallery, items, texts, settings.retrieve.index)
 
 
 def cache(settings: RunSettings, resolved: dict[str, Any]) -> None:

@@ -293,7 +293,9 @@ class Trainer:
         if acc.is_main_process:
             ckpt.publish_model(self.model, final)
             log.info("saved the trained model: %s", final)
-            rows = self.objective.evaluate(self.model, self.tasks, self.run_dir / "eval")
+            rows = self.objective.evaluate(
+                self.model, self.tasks, self.run_dir / "eval", checkpoint=final
+            )
             for name, row in rows.items():
                 prefix = f"{name}/" if len(rows) > 1 else ""
                 numbers = {m: row[m] for m in ("seen", "blind") if m in row}
