@@ -1,5 +1,6 @@
 import itertools
 
+import numpy as np
 import pytest
 import torch
 
@@ -160,7 +161,53 @@ def demo_runs(tmp_path_factory):
         teach(model, media, caption, answer)
         model.config.text.task = "vqa" if modality == "image" else "caption"
         save_taught(model, root / "runs" / f"{modality}-{model.config.text.task}" / "final")
+    save_search_model(root / "runs" / "image-retrieval" / "final", root / "gallery")
     return root / "runs", cache
+
+
+# A gallery of four plain pictures, each with its caption: the demo's search model learns them.
+SEARCH_GALLERY = {
+    "red.png": ((220, 30, 30), "a red square"),
+    "blue.png": ((30, 30, 220), "a blue circle"),
+    "green.png": ((30, 200, 30), "a green triangle"),
+    "yellow.png": ((230, 220, 20), "a yellow star"),
+}
+
+
+def save_search_model(directory, gallery_dir, steps=150):
+    """A tiny dual encoder taught SEARCH_GALLERY's pairs, saved in ``directory`` with its
+    gallery's indexes beside it (as training's final evaluation saves them)."""
+    from PIL import Image
+
+    from epalm.retrieval.index import RetrievalIndex
+    from epalm.retrieval.search import GalleryIndexes
+    from epalm.testing import tiny_dual_encoder
+
+    gallery_dir.mkdir(parents=True)
+    paths, captions = [], []
+    for name, (colour, caption) in SEARCH_GALLERY.items():
+        Image.new("RGB", (32, 32), colour).save(gallery_dir / name)
+        paths.append(str(gallery_dir / name))
+        captions.append(caption)
+    torch.manual_seed(0)
+    model = tiny_dual_encoder("image", align="full")
+    media = model.preprocess([np.asarray(Image.open(p)) for p in paths])
+    text = model.text.tokenize(captions)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    for _ in range(steps):
+        optimizer.zero_grad()
+        model(media, text).backward()
+        optimizer.step()
+    model.eval()
+    model.save_pretrained(directory)
+    with torch.no_grad():
+        items, texts = model.embed_media(media), model.embed_text(**text)
+    indexes = GalleryIndexes(
+        RetrievalIndex(items, paths),
+        RetrievalIndex(texts, captions),
+        {p: [c] for p, c in zip(paths, captions)},
+    )
+    indexes.save(directory / "index" / "demo-test")
 
 
 @pytest.fixture(scope="session")

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import DEMO_PHRASES, DEMO_QUESTION, free_port, teach
+from conftest import DEMO_PHRASES, DEMO_QUESTION, SEARCH_GALLERY, free_port, teach
 from gradio_client import Client, handle_file
 from gradio_client.exceptions import AppError, AuthenticationError
 
@@ -55,6 +55,31 @@ def test_each_tab_answers_with_its_models_text(client, examples, modality, task)
     text, who = ask(client, modality, examples / name, task, DEMO_QUESTION)
     assert text == (caption if task == DESCRIBE else answer)  # what the checkpoint was taught
     assert who.startswith(f"**{MODELS[modality]}** answered in ") and who.endswith("(beam search).")
+
+
+@pytest.mark.core
+@SERVER
+@pytest.mark.parametrize("name", list(SEARCH_GALLERY))
+def test_the_search_tab_finds_each_picture_by_its_caption_and_back(client, demo_runs, name):
+    """The demo's retrieval model (taught SEARCH_GALLERY) over the index saved beside it:
+    the caption finds its picture first, and the picture its caption."""
+    _, caption = SEARCH_GALLERY[name]
+    thumbnails, table, who = client.predict("image-retrieval", caption, 4, api_name="/search")
+    rows = table["data"]
+    assert [row[0] for row in rows] == [1, 2, 3, 4]
+    assert rows[0][2] == name and rows[0][3] == caption
+    assert len(thumbnails) == 4 and who.startswith("**image-retrieval** searched 4 image files")
+    picture = demo_runs[0].parent / "gallery" / name
+    captions, _ = client.predict(
+        "image-retrieval", handle_file(str(picture)), 2, api_name="/search_media"
+    )
+    assert captions["data"][0][2] == caption
+
+
+@SERVER
+def test_the_search_tab_asks_for_a_query(client):
+    with pytest.raises(AppError, match="Please type what to look for"):
+        client.predict("image-retrieval", "  ", 4, api_name="/search")
 
 
 @SERVER
@@ -161,7 +186,8 @@ def test_with_no_checkpoint_it_says_which_command_trains_one(tmp_path):
 @SERVER
 def test_it_finds_the_runs_main_jobs_write(demo_runs):
     found = checkpoints_to_serve([], str(demo_runs[0]))
-    assert [p.parent.name for p in found] == ["audio-caption", "image-vqa", "video-caption"]
+    names = [p.parent.name for p in found]
+    assert names == ["audio-caption", "image-retrieval", "image-vqa", "video-caption"]
     # given checkpoints win over the runs directory
     assert checkpoints_to_serve(["some/final"], str(demo_runs[0])) == [Path("some/final")]
 

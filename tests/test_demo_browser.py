@@ -1,7 +1,8 @@
 """The demo in a real browser: headless Chromium (Debian's package, which .ci/run installs)
 driven by Playwright. A person uploads a broken file and reads the message the page shows,
 then uploads an image, asks, and reads the answer; another records with the microphone
-(Chromium's fake capture device, a beeping tone) and gets a description."""
+(Chromium's fake capture device, a beeping tone) and gets a description; a third searches the
+pictures of a retrieval model's gallery by text and sees their thumbnails."""
 
 import shutil
 
@@ -78,3 +79,21 @@ def test_a_person_records_a_sound_and_gets_a_description(page, tmp_path):
     expect(page.locator("#audio-who")).to_contain_text("audio-caption answered in", timeout=60_000)
     assert page.locator("#audio-answer textarea").input_value().strip()
     page.screenshot(path=tmp_path / "microphone.png", full_page=True)
+
+
+def test_a_person_searches_pictures_by_text_and_sees_thumbnails(page, tmp_path):
+    from playwright.sync_api import expect
+
+    page.get_by_role("tab", name="Search").click()
+    page.locator("#search-query textarea").fill("a green triangle")
+    page.click("#search-run")
+    expect(page.locator("#search-who")).to_contain_text(
+        "image-retrieval searched 4 image files", timeout=60_000
+    )
+    thumbnails = page.locator("#search-gallery img")
+    expect(thumbnails).to_have_count(4, timeout=30_000)
+    assert thumbnails.first.get_attribute("src").endswith("green.png")  # the best match first
+    expect(page.locator("#search-gallery")).to_contain_text("1. a green triangle")
+    expect(page.locator("#search-table")).to_contain_text("green.png")
+    page.screenshot(path=tmp_path / "search.png", full_page=True)
+    assert (tmp_path / "search.png").stat().st_size > 10_000

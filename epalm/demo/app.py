@@ -14,7 +14,9 @@ from typing import Any
 import gradio as gr
 
 from epalm.demo.examples import ASK, DESCRIBE, Example
+from epalm.demo.messages import tell
 from epalm.demo.models import MODALITIES, ServedModel
+from epalm.demo.search import Searcher, search_tab
 from epalm.demo.uploads import (
     KIND,
     Limits,
@@ -45,12 +47,15 @@ def build_app(
     examples: Mapping[str, list[Example]],
     decoding: Decoding = Decoding(),
     concurrency: int = 1,
+    searchers: Mapping[str, Searcher] | None = None,
 ) -> gr.Blocks:
-    """The page for ``models``; each tab's run is an API endpoint named after its modality."""
+    """The page for ``models``; each tab's run is an API endpoint named after its modality.
+    Retrieval models (``searchers``) get a search tab."""
     with gr.Blocks(title="epalm demo", analytics_enabled=False) as app:
         gr.Markdown(
             "# epalm\nA frozen language model that perceives through a tiny trained connector "
             "(eP-ALM). Pick a tab, give it a file, and ask it to describe it or answer a question."
+            + (" Search finds media by text, and captions by file." if searchers else "")
         )
         with gr.Tabs():
             for modality in MODALITIES:
@@ -61,6 +66,9 @@ def build_app(
                         continue
                     tab_examples = examples.get(modality, [])
                     _tab(modality, served, limits, tab_examples, decoding, concurrency)
+            if searchers:
+                with gr.Tab("Search", id="search"):
+                    search_tab(searchers, limits, concurrency)
     return app
 
 
@@ -79,21 +87,21 @@ def respond(
     """One request: ``(the model's text, which model answered in how long)``; any problem is a
     ``gr.Error`` with a message for the person (the page shows it; the server keeps serving)."""
     if model_name not in models:
-        raise _tell(f"No model called {model_name!r}; choose one of {', '.join(models)}.")
+        raise tell(f"No model called {model_name!r}; choose one of {', '.join(models)}.")
     served = models[model_name]
     slot = served.slot_for(modality)  # a tab only lists models that perceive its modality
     if not media:
-        raise _tell(f"Please upload {KIND[modality]} first, or click an example.")
+        raise tell(f"Please upload {KIND[modality]} first, or click an example.")
     if task == ASK and not (question or "").strip():
-        raise _tell(f"Please type a question, or choose '{DESCRIBE}'.")
+        raise tell(f"Please type a question, or choose '{DESCRIBE}'.")
     try:  # a multi-task model does only the tasks it was trained for
         served.model.task_for(slot, "vqa" if task == ASK else "caption")
     except ValueError as err:
-        raise _tell(f"{model_name}: {err}.") from None
+        raise tell(f"{model_name}: {err}.") from None
     try:
         decoded = read_upload(media, served.model.perceivers[slot], limits)
     except UploadError as err:
-        raise _tell(str(err), title=UNUSABLE) from None
+        raise tell(str(err), title=UNUSABLE) from None
     options = {
         "num_beams": int(beams) if decoding == BEAM else 1,
         "max_new_tokens": int(max_new_tokens),
@@ -106,16 +114,10 @@ def respond(
             text = served.model.caption({slot: decoded}, **options)
     except Exception:
         log.exception("%s failed on %s", model_name, media)
-        raise _tell(f"{model_name} failed on this input; the server's log says why.") from None
+        raise tell(f"{model_name} failed on this input; the server's log says why.") from None
     seconds = time.perf_counter() - start
     log.info("%s answered in %.2f s: %r", model_name, seconds, text)
     return " ".join(text.split()), f"**{model_name}** answered in {seconds:.2f} s ({decoding})."
-
-
-def _tell(message: str, title: str = "Error") -> gr.Error:
-    """A message the page shows; the server logs it in one line (no traceback: it is expected)."""
-    log.info("%s: %s", title, message)
-    return gr.Error(message, title=title, print_exception=False)
 
 
 def _tab(
@@ -212,12 +214,12 @@ def _read_kindly(
                 check_size(Path(path), modality, limits, name)
             return read(payload)
         except UploadError as err:
-            raise _tell(str(err), title=UNUSABLE) from None
+            raise tell(str(err), title=UNUSABLE) from None
         except gr.Error:
             raise
         except Exception as err:
             reason = str(err).replace(str(path), name)
-            raise _tell(unreadable(name, modality, reason), title=UNUSABLE) from None
+            raise tell(unreadable(name, modality, reason), title=UNUSABLE) from None
 
     component.preprocess = preprocess
     return component

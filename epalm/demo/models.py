@@ -6,9 +6,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -90,6 +91,14 @@ def _lm_key(directory: Path) -> str | None:
     return json.dumps(dataclasses.asdict(config.lm), sort_keys=True)
 
 
+def display_names(directories: Sequence[Path], taken: Mapping[str, Any]) -> list[str]:
+    """What the page calls each checkpoint, none the same as another's or one in ``taken``."""
+    names: dict[str, Any] = dict(taken)
+    for directory in directories:
+        names[_unique(_display_name(directory), names)] = directory
+    return list(names)[len(taken) :]
+
+
 def _display_name(directory: Path) -> str:
     """``runs/image-vqa/final`` -> ``image-vqa``; ``runs/image-vqa/best`` -> ``image-vqa (best)``."""
     directory = directory.resolve()
@@ -100,7 +109,7 @@ def _display_name(directory: Path) -> str:
     return directory.name
 
 
-def _unique(name: str, taken: dict[str, ServedModel]) -> str:
+def _unique(name: str, taken: Mapping[str, Any]) -> str:
     candidate, n = name, 2
     while candidate in taken:
         candidate, n = f"{name} ({n})", n + 1

@@ -24,13 +24,17 @@ def serve(settings: RunSettings, *, block: bool = True) -> gradio.Blocks:
 
     from epalm.demo.app import Decoding, build_app
     from epalm.demo.examples import build_examples
-    from epalm.demo.models import checkpoints_to_serve, load_models
+    from epalm.demo.models import checkpoints_to_serve, display_names, load_models
+    from epalm.demo.search import gallery_folders, is_retrieval_model, load_searchers
     from epalm.demo.uploads import Limits
     from epalm.zoo.cache import cache_root
 
     demo = settings.demo
     given = [*([settings.checkpoint] if settings.checkpoint else []), *demo.checkpoints]
-    models = load_models(checkpoints_to_serve(given, demo.runs), settings.model_cache)
+    found = checkpoints_to_serve(given, demo.runs)
+    retrieval = [d for d in found if is_retrieval_model(d)]
+    models = load_models([d for d in found if d not in retrieval], settings.model_cache)
+    searchers = load_searchers(retrieval, display_names(retrieval, models), settings.model_cache)
     example_dir = cache_root(settings.model_cache) / "demo-examples"
     examples = build_examples(example_dir) if demo.examples else {}
     generation = settings.eval.generation
@@ -40,6 +44,7 @@ def serve(settings: RunSettings, *, block: bool = True) -> gradio.Blocks:
         examples,
         Decoding(generation.num_beams, generation.max_new_tokens),
         concurrency=demo.concurrency,
+        searchers=searchers,
     )
     app.queue(max_size=demo.queue_size, default_concurrency_limit=demo.concurrency)
     _warn_if_exposed(demo)
@@ -51,6 +56,7 @@ def serve(settings: RunSettings, *, block: bool = True) -> gradio.Blocks:
         max_file_size=int(demo.max_file_mb * 1_000_000),
         allowed_paths=sorted(
             {str(Path(row[0]).parent) for rows in examples.values() for row in rows}
+            | set(gallery_folders(searchers))
         ),
         theme=gr.themes.Soft(
             font=["ui-sans-serif", "system-ui", "sans-serif"],  # no web fonts: works offline
@@ -60,7 +66,7 @@ def serve(settings: RunSettings, *, block: bool = True) -> gradio.Blocks:
         show_error=False,  # requests fail with our messages, never a traceback
         quiet=True,
     )
-    print(f"epalm demo: serving {', '.join(models)} on {app.local_url}", flush=True)
+    print(f"epalm demo: serving {', '.join([*models, *searchers])} on {app.local_url}", flush=True)
     if app.share_url:
         print(f"epalm demo: public link {app.share_url}", flush=True)
     if block:

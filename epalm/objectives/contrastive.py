@@ -215,7 +215,9 @@ def save_indexes(
     """The gallery's media (keyed by path) and captions, indexed and saved in ``directory``."""
     paths = [str(item.media_paths[0]) for item in gallery.items]
     indexes = GalleryIndexes(
-        RetrievalIndex(items, paths, kind=kind), RetrievalIndex(texts, gallery.captions, kind=kind)
+        RetrievalIndex(items, paths, kind=kind),
+        RetrievalIndex(texts, gallery.captions, kind=kind),
+        dict(zip(paths, gallery.item_captions)),
     )
     indexes.save(directory)
     log.info(
