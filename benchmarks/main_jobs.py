@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 JOBS = [f"{m}-{t}" for m in ("image", "video", "audio") for t in ("vqa", "caption")]
-TARGETS = {"vqa": "VQA accuracy", "caption": "CIDEr"}
+TARGETS = {"vqa": "VQA accuracy", "caption": "CIDEr", "retrieval": "mean recall"}
 
 
 def run_job(job: str, out: Path, variant: str = "", cache: Path | None = None) -> dict:
@@ -47,20 +47,34 @@ def run_job(job: str, out: Path, variant: str = "", cache: Path | None = None) -
     if code != 0:
         return {"job": job, "error": f"exit {code}, see {out / f'{name}.log'}", "seconds": seconds}
     scores = json.loads((run_dir / "eval" / "test" / "scores.json").read_text())
-    key = "vqa_accuracy" if task == "vqa" else "CIDEr"
     return {
         "job": job,
         "command": " ".join(command[:-1]),
         "metric": TARGETS[task],
-        "score": scores["seen"]["metrics"][key],
-        "blind": scores["blind"]["metrics"][key],
-        "test_samples": scores["count"],
+        **_headline(task, scores),
         "seconds": seconds,
         "peak_gb": peak_gb,
         "trainable": _logged(run_dir / "train.log", "trainable parameters:"),
         "seconds_per_step": _seconds_per_step(run_dir / "train.log"),
         "by_question_type": scores["seen"].get("by_question_type", {}),
         "warnings": scores.get("warnings", []),
+    }
+
+
+def _headline(task: str, scores: dict) -> dict:
+    """The score and its control (blind, or shuffled pairs for retrieval) from scores.json."""
+    if task == "retrieval":
+        return {
+            "score": scores["seen"]["mean_recall"],
+            "blind": scores["shuffled"]["mean_recall"],
+            "recalls": scores["seen"],
+            "test_samples": scores["items"],
+        }
+    key = "vqa_accuracy" if task == "vqa" else "CIDEr"
+    return {
+        "score": scores["seen"]["metrics"][key],
+        "blind": scores["blind"]["metrics"][key],
+        "test_samples": scores["count"],
     }
 
 

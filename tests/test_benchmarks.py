@@ -168,3 +168,22 @@ def test_quick_connector_cost_counts_the_tokens_each_connector_adds(quick_suite)
     flops = {name: row["lm_gflop"] for name, row in results.items()}
     assert flops["ep-alm"] < flops["token-learner"] < flops["all-tokens"]
     assert all(row["seconds"] > 0 and row["trainable"] > 0 for row in results.values())
+
+
+def test_retrieval_table_checks_lilts_claims_against_full():
+    from benchmarks.retrieval import claims, share
+
+    def row(variant, trainable, score):
+        return {"modality": "image", "variant": variant, "trainable": trainable, "score": score}
+
+    rows = [
+        row("heads", "197,121 of 44,966,913 (0.44%)", 50.0),
+        row("adapters", "1,568,961 of 44,966,913 (3.39%)", 79.5),
+        row("last-layers", "3,747,585 of 44,966,913 (8.33%)", 85.0),
+        row("full", "44,966,913 of 44,966,913 (100.00%)", 80.0),
+    ]
+    assert share(rows[1]) == 3.39
+    lines = claims(rows)
+    assert "best at most 7% trained: adapters (3.39%) 79.5 against full 80.0" in lines[0]
+    assert lines[0].endswith("(within 1 point of full: met)")
+    assert lines[1].endswith("(75% of full: not met)")  # heads: 50 < 60
