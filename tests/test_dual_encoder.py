@@ -177,3 +177,19 @@ def test_training_mode_leaves_the_towers_without_dropout():
     _, text = pairs(model)
     assert not model.text.training and not model.perceiver.training
     assert torch.equal(model.embed_text(**text), model.embed_text(**text))
+
+
+def test_a_decoder_lm_serves_as_the_text_tower_pooled_at_its_last_token():
+    """Any HF model by config: here a tiny Llama, which `auto` pools at its last real token
+    (a causal LM's only position that has read the whole text)."""
+    from epalm.retrieval.towers import TextTower
+    from epalm.testing import tiny_lm_config
+
+    tower = TextTower(model_config=tiny_lm_config("llama", 260), tokenizer="epalm-bytes")
+    assert tower.pooling == "last"
+    batch = tower.tokenize(["a red circle", "a much longer caption of a blue square"])
+    assert batch["attention_mask"][0, -1] == 0  # right-padded
+    with torch.no_grad():
+        pooled = tower(**batch)
+        alone = tower(**tower.tokenize(["a red circle"]))
+    torch.testing.assert_close(pooled[0], alone[0], atol=1e-5, rtol=1e-5)  # padding changes nothing
