@@ -109,3 +109,18 @@ def test_two_processes_gather_negatives_and_follow_the_single_process_curve(tmp_
     assert len(one_curve) == len(two_curve) == 6
     for a, b in zip(one_curve, two_curve):
         assert abs(a - b) < 1e-4 * abs(a)
+
+
+@pytest.mark.core
+def test_zero_shot_classification_where_the_data_have_labels(tmp_path):
+    """easy-VQA's items carry attributes.shape: each test item is classified by the closest of
+    the prompts "a photo of a {shape}", and the report names the label, classes and chance."""
+    args = retrieval(tmp_path, "train.max_steps=2", "data=easy-vqa", "data.name=easy-vqa")
+    run_to_end(["train", *args, "retrieval.zero_shot_label=attributes.shape"])
+    scores = json.loads((tmp_path / "run" / "eval" / "test" / "scores.json").read_text())
+    test = tmp_path / "cache" / "datasets" / "easy-vqa"
+    manifest = next(test.rglob("test.jsonl")).read_text().splitlines()
+    shapes = {json.loads(x)["attributes"]["shape"] for x in manifest if '"captions"' in x}
+    zero = scores["zero_shot"]
+    assert zero["label"] == "attributes.shape" and zero["classes"] == len(shapes)
+    assert 0 <= zero["accuracy"] <= 100 and zero["majority"] >= 100 / len(shapes)
