@@ -170,7 +170,16 @@ def test_every_group_choice_composes(group, name):
     expected = preset(group, name)
     if group == "data":
         expected.pop("root", None)  # set on the command line
-    assert contains(resolved[group], expected), f"{group}={name} was not applied"
+    assert contains(at_package(resolved, group, name), expected), f"{group}={name} was not applied"
+
+
+def at_package(resolved: dict[str, Any], group: str, name: str) -> Any:
+    """Where a group's choice lands: its ``# @package`` header's key, else the group's name."""
+    header = (CONFIG_DIR / group / f"{name}.yaml").read_text().splitlines()[0]
+    package = header.split("@package", 1)[1].strip() if "@package" in header else group
+    for key in package.split("."):
+        resolved = resolved[key]
+    return resolved
 
 
 def test_tiny_presets_compose_into_a_smoke_run():
