@@ -20,14 +20,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from torch.utils.flop_counter import FlopCounterMode
 
-from benchmarks.main_jobs import run_job
+from benchmarks.main_jobs import finished_rows, run_job, shared_cache
 
 SETS = {  # name -> (modality, overrides)
     "scenes": ("image", ["data=scenes"]),
@@ -102,13 +101,9 @@ def main() -> int:
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for every run")
     parser.add_argument("--cache", type=Path, help="the shared cache (default: <out>/cache)")
     args = parser.parse_args()
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cache = (args.cache or out / "cache").resolve()
-    os.environ["EPALM_CACHE"] = str(cache)  # the FLOP count reads the jobs' feature cache
-    rows, path = [], out / "connectors.json"
-    if path.exists():  # a killed benchmark goes on where it stopped
-        rows = [r for r in json.loads(path.read_text()) if "error" not in r]
+    out, cache = shared_cache(args.out, args.cache)  # the FLOP count reads its features
+    path = out / "connectors.json"
+    rows = finished_rows(path)
     done = {(r["data"], r["connector"]) for r in rows}
     for data in args.sets:
         modality = SETS[data][0]

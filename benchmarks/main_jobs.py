@@ -61,6 +61,22 @@ def run_job(job: str, out: Path, variant: str = "", cache: Path | None = None) -
     }
 
 
+def shared_cache(out: str, cache: Path | None) -> tuple[Path, Path]:
+    """The output folder (made) and the one cache every job of a side-by-side benchmark shares
+    (default ``<out>/cache``); ``EPALM_CACHE`` points there for what the benchmark loads itself."""
+    folder = Path(out).resolve()
+    folder.mkdir(parents=True, exist_ok=True)
+    shared = (cache or folder / "cache").resolve()
+    os.environ["EPALM_CACHE"] = str(shared)
+    return folder, shared
+
+
+def finished_rows(path: Path) -> list[dict]:
+    """The rows a killed benchmark wrote to ``path`` without an error: run again with the same
+    ``--out``, it goes on after them."""
+    return [r for r in json.loads(path.read_text()) if "error" not in r] if path.exists() else []
+
+
 def _headline(task: str, scores: dict) -> dict:
     """The score and its control (blind, or shuffled pairs for retrieval) from scores.json."""
     if task == "retrieval":

@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
-from benchmarks.main_jobs import run_job
+from benchmarks.main_jobs import finished_rows, run_job, shared_cache
 
 MODALITIES = ("image", "video", "audio")
 VARIANTS = ("heads", "layernorm", "bitfit", "adapters", "last-layers", "lit", "full")
@@ -92,13 +91,9 @@ def main() -> int:
     parser.add_argument("--extra", nargs="*", default=[], help="overrides for every run")
     parser.add_argument("--cache", type=Path, help="the shared cache (default: <out>/cache)")
     args = parser.parse_args()
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
-    cache = (args.cache or out / "cache").resolve()
-    os.environ["EPALM_CACHE"] = str(cache)
-    rows, path = [], out / "retrieval.json"
-    if path.exists():  # a killed benchmark goes on where it stopped
-        rows = [r for r in json.loads(path.read_text()) if "error" not in r]
+    out, cache = shared_cache(args.out, args.cache)
+    path = out / "retrieval.json"
+    rows = finished_rows(path)
     done = {(r["modality"], r["variant"]) for r in rows}
     for modality in args.modalities:
         for variant in args.variants:
