@@ -112,12 +112,13 @@ def retrieve(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, list[
     indexes = _gallery_indexes(settings, model, accelerator)
     from epalm.data.dataset import decode
 
-    queries = {q: model.encode_text([q]) for q in options.text}
-    for path in options.media:
-        queries[path] = model.encode_media([decode(path, model.perceiver, train=False)])
+    searches = [(text, model.encode_text([text]), indexes.media) for text in options.text]
+    searches += [
+        (path, model.encode_media([decode(path, model.perceiver, train=False)]), indexes.text)
+        for path in options.media
+    ]
     results = {}
-    for query, embedding in queries.items():
-        index = indexes.text if query in options.media else indexes.media
+    for query, embedding, index in searches:
         hits = index.search(embedding.cpu(), k=options.k)
         results[query] = list(zip(hits.keys[0], hits.scores[0].tolist()))
         for rank, (key, cosine) in enumerate(results[query], start=1):
@@ -128,6 +129,7 @@ def retrieve(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, list[
 def _gallery_indexes(settings: RunSettings, model: Any, accelerator: Any) -> Any:
     """The indexes of the evaluation split's media and captions, saved beside the checkpoint
     (by training's final evaluation, or here the first time)."""
+    from epalm.objectives import objective_for
     from epalm.objectives.contrastive import embed_gallery, index_dir, save_indexes
     from epalm.retrieval.search import GalleryIndexes
     from epalm.training.task_data import load_task_data
@@ -137,7 +139,7 @@ def _gallery_indexes(settings: RunSettings, model: Any, accelerator: Any) -> Any
         return GalleryIndexes.load(directory)
     task = load_task_data(
         settings.task_id, settings, model, accelerator, multitask=False, test_only=True,
-        feature_levels=1,
+        feature_levels=objective_for(settings).feature_levels(),
     )  # fmt: skip
     gallery, items, texts = embed_gallery(model, task, task.test, "indexing")
     return save_indexes(directory, gallery, items, texts, settings.retrieve.index)
