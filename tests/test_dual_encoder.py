@@ -12,6 +12,9 @@ from epalm.retrieval.dual_encoder import DualEncoder
 from epalm.retrieval.towers import encoder_blocks, pool_tokens
 from epalm.testing import tiny_dual_encoder
 from epalm.testing.perceivers import sample_media
+from epalm.training.compose import settings
+from epalm.training.optim import optimizer_for
+from epalm.training.settings import TrainSettings
 
 pytestmark = pytest.mark.core
 CAPTIONS = ["a red circle", "a blue square", "two green triangles", "a small yellow star"]
@@ -74,6 +77,28 @@ def test_each_variant_trains_exactly_its_parameters(variant):
     changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
     assert changed <= trained_names(model)  # nothing frozen moved
     assert changed >= HEADS
+
+
+def test_the_towers_own_weights_train_at_their_own_lr():
+    model = tiny_dual_encoder(align="full")
+    optimizer = optimizer_for(model, TrainSettings(lr=1e-3, tower_lr=1e-5))
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    for name, param in model.named_parameters():
+        tower = name.startswith(("perceiver.", "text."))
+        assert lr_of[id(param)] == (1e-5 if tower else 1e-3), name
+    # unset, they take the heads' (and adapters') lr
+    optimizer = optimizer_for(model, TrainSettings(lr=1e-3))
+    assert {g["lr"] for g in optimizer.param_groups} == {1e-3}
+
+
+def test_the_variants_that_unlock_pretrained_weights_lower_their_lr():
+    lrs = {}
+    for variant in align_variants():
+        run, _ = settings(["task=retrieval", f"align={variant}"])
+        assert run.align.name == variant
+        lrs[variant] = run.train.tower_lr
+    assert lrs["full"] == lrs["lit"] == 1e-5 and lrs["last-layers"] == 1e-4
+    assert all(lrs[v] is None for v in ("heads", "layernorm", "bitfit", "adapters"))
 
 
 def test_the_parameter_report_gives_each_variant_its_share():

@@ -177,6 +177,8 @@ def at_package(resolved: dict[str, Any], group: str, name: str) -> Any:
     """Where a group's choice lands: its ``# @package`` header's key, else the group's name."""
     header = (CONFIG_DIR / group / f"{name}.yaml").read_text().splitlines()[0]
     package = header.split("@package", 1)[1].strip() if "@package" in header else group
+    if package == "_global_":
+        return resolved
     for key in package.split("."):
         resolved = resolved[key]
     return resolved

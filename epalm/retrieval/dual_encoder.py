@@ -64,6 +64,9 @@ class DualEncoder(nn.Module):
     """``embed_media`` and ``embed_text`` give L2-normalised vectors in the shared space;
     ``forward`` gives the contrastive loss of a batch of matching pairs."""
 
+    # the towers' own weights: unlocked, they train at train.tower_lr (epalm.training.optim)
+    TOWER_PREFIXES = ("perceiver.", "text.")
+
     def __init__(self, config: DualEncoderConfig):
         super().__init__()
         self.config = config

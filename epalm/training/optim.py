@@ -92,28 +92,37 @@ def _adamw(groups: list[dict]) -> torch.optim.AdamW:
 
 
 # --- epalm's own ---------------------------------------------------------------------------------
-def trained_part(name: str) -> str:
-    """Which trained part a parameter belongs to: ``prompt``, ``connectors``, or ``adapter``
-    (modules inside the LM, and the LM's own norms and biases when unfrozen)."""
+def trained_part(name: str, towers: tuple[str, ...] = ()) -> str:
+    """Which trained part a parameter belongs to: ``prompt``, ``connectors``, ``towers`` (a
+    pretrained tower's own weights, unlocked: names under one of the model's ``towers``
+    prefixes), or ``adapter`` (modules inside the LM or a tower, heads, and the LM's own norms
+    and biases when unfrozen)."""
     if name.startswith("prompt."):
         return "prompt"
     if name.startswith("connectors."):
         return "connectors"
+    if towers and name.startswith(towers):
+        return "towers"
     return "adapter"
 
 
 def optimizer_for(model: nn.Module, train: TrainSettings) -> torch.optim.AdamW:
     """Param groups: projections, prompt and adapter, each split into decayed weights and
     undecayed biases and norms (HF's convention), each part at its own lr. Only trainable
-    tensors are handed to the optimizer."""
+    tensors are handed to the optimizer. A model names where its pretrained towers live with a
+    ``TOWER_PREFIXES`` attribute (the dual encoder); their unlocked weights train at
+    ``tower_lr``, since the lr that suits new heads wrecks pretrained weights."""
+    adapter = train.lr if train.adapter_lr is None else train.adapter_lr
     lrs = {
         "prompt": train.prompt_lr,
         "connectors": train.lr,
-        "adapter": train.lr if train.adapter_lr is None else train.adapter_lr,
+        "adapter": adapter,
+        "towers": adapter if train.tower_lr is None else train.tower_lr,
     }
+    towers = tuple(getattr(model, "TOWER_PREFIXES", ()))
     groups: dict[tuple[str, bool], list[nn.Parameter]] = {}
     for name, param in _trainable(model):
-        groups.setdefault((trained_part(name), param.ndim >= 2), []).append(param)
+        groups.setdefault((trained_part(name, towers), param.ndim >= 2), []).append(param)
     return _adamw(
         [
             {

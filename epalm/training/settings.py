@@ -108,6 +108,7 @@ class TrainSettings:
     lr: float = 2e-4  # projections
     prompt_lr: float = 1e-3  # soft prompt
     adapter_lr: float | None = None  # modules inside the LM, unfrozen norms / biases (None: lr)
+    tower_lr: float | None = None  # a dual encoder's unlocked tower weights (None: adapter lr)
     weight_decay: float = 0.02
     warmup_ratio: float = 0.05
     min_lr: float = 1e-6
