@@ -7,9 +7,10 @@ import re
 import pytest
 import torch
 
+from epalm.encoders.blocks import encoder_blocks
 from epalm.retrieval.align import align_variants
 from epalm.retrieval.dual_encoder import DualEncoder
-from epalm.retrieval.towers import encoder_blocks, pool_tokens
+from epalm.retrieval.towers import pool_tokens
 from epalm.testing import tiny_dual_encoder
 from epalm.testing.perceivers import sample_media
 from epalm.training.compose import settings

@@ -67,6 +67,24 @@ def _hits(output: str) -> dict[str, list[tuple[str, float]]]:
 
 
 @pytest.mark.core
+def test_last_layers_trains_from_the_cached_input_of_the_top_block_as_from_media(tmp_path):
+    """align=last-layers: the frozen bottom's output is cached once, and training from it follows
+    the loss curve that training from media does."""
+    curves = {}
+    for features in ("auto", "media"):
+        root = tmp_path / features
+        args = retrieval(
+            root, "align=last-layers", "train.max_steps=6", f"train.features={features}"
+        )
+        run_to_end(["train", *args])
+        curves[features] = history(root / "run")
+        cached = list((root / "cache" / "features").glob("*-block3-*/*/*.safetensors"))
+        assert bool(cached) == (features == "auto")
+    assert curves["auto"][-1] < curves["auto"][0]
+    assert curves["auto"] == pytest.approx(curves["media"], rel=1e-4)
+
+
+@pytest.mark.core
 def test_predict_refuses_a_retrieval_model(tmp_path):
     out = subprocess.run(
         [sys.executable, "-m", "epalm", "predict", *retrieval(tmp_path), "predict.media=[x.png]"],

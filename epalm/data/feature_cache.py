@@ -15,6 +15,11 @@ summary per layer: ``FeatureCache(perceiver, tokens=levels)`` stores the tokens 
 key of its own, and ``load`` gives ``{str(path): {"tokens": [levels, T, dim], "mask": [T]}}``.
 ``size_on_disk()`` says what a cache takes (tokens take about T times a summary's room).
 
+Where only the top blocks of a perceiver train (a dual encoder's ``align=last-layers``), the
+frozen blocks below still give each file one hidden state: ``FeatureCache(perceiver, below=k)``
+stores what enters block ``k`` (``Perceiver.block_input``), float32 with its mask, and ``load``
+gives ``{str(path): {"hidden": [..., T, dim], "mask": [..., T]}}`` for ``Perceiver.from_block``.
+
 Layout: one directory per perceiver *key*, a digest of its registry name, its ``config()``
 (which holds preprocessing settings such as ``image_size`` and ``num_frames``), a digest of its
 weights and ``FORMAT_VERSION``, so different settings or weights behind one name never share
@@ -88,7 +93,10 @@ def perceiver_name(perceiver: Perceiver) -> str:
 
 
 def perceiver_spec(
-    perceiver: Perceiver, video_backend: str = "pyav", tokens: int | None = None
+    perceiver: Perceiver,
+    video_backend: str = "pyav",
+    tokens: int | None = None,
+    below: int | None = None,
 ) -> dict[str, Any]:
     """Everything a cached feature depends on besides the file: what ``FeatureCache.key`` hashes.
     (Summaries' specs are as before tokens existed, so their caches stay valid.)"""
@@ -103,6 +111,8 @@ def perceiver_spec(
         spec["video_backend"] = video_backend
     if tokens is not None:
         spec["tokens"] = {"levels": tokens, "dtype": "float16"}
+    if below is not None:
+        spec["block_input"] = {"block": below, "dtype": "float32"}
     return spec
 
 
@@ -132,16 +142,23 @@ class FeatureCache:
         *,
         video_backend: str = "pyav",
         tokens: int | None = None,
+        below: int | None = None,
     ) -> None:
         """``tokens``: store the tokens of the last ``tokens`` levels (for connectors that read
-        tokens) instead of every level's summary."""
+        tokens) instead of every level's summary; ``below``: what enters block ``below``."""
         if tokens is not None and not 1 <= tokens <= perceiver.num_levels:
             raise ValueError(f"tokens={tokens}: the perceiver has {perceiver.num_levels} levels")
-        self.perceiver, self.video_backend, self.tokens = perceiver, video_backend, tokens
-        self._layout = _SUMMARY if tokens is None else _TOKENS
-        spec = perceiver_spec(perceiver, video_backend, tokens)
+        if below is not None and (tokens is not None or not 0 < below < perceiver.num_levels):
+            raise ValueError(
+                f"below={below}: a block of 1..{perceiver.num_levels - 1}, without tokens"
+            )
+        self.perceiver, self.video_backend = perceiver, video_backend
+        self.tokens, self.below = tokens, below
+        self._layout = _TOKENS if tokens is not None else _BLOCK if below is not None else _SUMMARY
+        spec = perceiver_spec(perceiver, video_backend, tokens, below)
         self.key = hashlib.sha256(_canonical(spec).encode()).hexdigest()
-        name = perceiver_name(perceiver) + ("" if tokens is None else "-tokens")
+        suffix = "-tokens" if tokens is not None else f"-block{below}" if below is not None else ""
+        name = perceiver_name(perceiver) + suffix
         self.directory = cache_root(cache_dir) / "features" / f"{name}-{self.key[:16]}"
         self._write_info(spec)
 
@@ -176,7 +193,8 @@ class FeatureCache:
         self, paths: Iterable[str | os.PathLike], *, levels: int | None = None
     ) -> dict[str, Any]:
         """``{str(path): float32 [num_levels, hidden_size]}`` (or, for tokens, ``{"tokens":
-        float16 [levels, T, dim], "mask": [T]}``) for every file, or a ``NotCachedError`` naming
+        float16 [levels, T, dim], "mask": [T]}``; for a block's input, ``{"hidden", "mask"}``)
+        for every file, or a ``NotCachedError`` naming
         each file that is not cached. ``levels`` keeps only the last (deepest) that many levels
         of summaries, which is all a connector uses."""
         features, problems = {}, []
@@ -318,6 +336,11 @@ class FeatureCache:
                 k: v.cpu() for k, v in token_features(self.perceiver, self.tokens, **inputs).items()
             }
             return [{name: out[name][i] for name in _TOKENS} for i in range(len(items))]
+        if self.below is not None:
+            with torch.no_grad():
+                out = self.perceiver.block_input(self.below, **inputs)
+            out = {"hidden": out["hidden"].float().cpu(), "mask": out["mask"].long().cpu()}
+            return [{name: out[name][i] for name in _BLOCK} for i in range(len(items))]
         with torch.no_grad():
             summaries = self.perceiver(**inputs).float().cpu()
         return [{TENSOR: row} for row in summaries]
@@ -325,7 +348,8 @@ class FeatureCache:
     def _write(self, sha: str, tensors: dict[str, torch.Tensor]) -> None:
         entry = self.entry(sha)
         entry.parent.mkdir(parents=True, exist_ok=True)
-        owned = {k: v.clone() for k, v in tensors.items()}  # their own storage, not the batch's
+        # their own storage, not the batch's, and contiguous (safetensors requires it)
+        owned = {k: v.clone(memory_format=torch.contiguous_format) for k, v in tensors.items()}
         atomic_write(entry, lambda tmp: save_file(owned, tmp))
 
 
@@ -368,6 +392,7 @@ def _device(module: torch.nn.Module) -> torch.device:
 # What an entry holds: tensor name -> safetensors dtype
 _SUMMARY = {TENSOR: "F32"}
 _TOKENS = {"tokens": "F16", "mask": "I64"}
+_BLOCK = {"hidden": "F32", "mask": "I64"}
 
 
 def _valid_entry(entry: Path, layout: dict[str, str]) -> bool:
@@ -395,7 +420,7 @@ def _read_entry(entry: Path, layout: dict[str, str], levels: int | None) -> Any:
     # from bytes, not safe_open: its tensors stay memory-mapped, one map per file (a dataset
     # would run out of maps), and change if the file does
     tensors = load(entry.read_bytes())
-    if layout is _TOKENS:
+    if layout is not _SUMMARY:
         return tensors
     tensor = tensors[TENSOR]
     return tensor if levels is None else tensor[-levels:].clone()

@@ -16,6 +16,7 @@ from torch import nn
 from transformers import AutoModel
 
 from epalm.encoders.base import Perceiver
+from epalm.encoders.blocks import block_input, encoder_blocks, first_changed_block, run_blocks
 from epalm.zoo import load_model
 
 
@@ -92,6 +93,18 @@ class HFPerceiver(Perceiver):
         norm = self.norm_layer()
         # The first state is the embedding output, not a block: keep the last num_levels.
         return [norm(h) for h in states[-self.num_levels :]]
+
+    def first_changed_block(self) -> int | None:
+        return first_changed_block(self, self.norm_layer())
+
+    def block_input(self, start: int, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        blocks = encoder_blocks(self.backbone)
+        hidden = block_input(blocks, start, lambda: self.hidden_states(**inputs))
+        return {"hidden": hidden, "mask": self.token_mask(inputs, hidden.shape[1])}
+
+    def from_block(self, start: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        top = run_blocks(encoder_blocks(self.backbone), hidden, start)
+        return self.summarize(self.norm_layer()(top), mask)
 
     def _check_overrides(self) -> None:
         """HF configs keep any unknown key without a word: refuse one the model never reads."""

@@ -17,6 +17,8 @@ from typing import Any, ClassVar
 import torch
 from torch import nn
 
+from epalm.encoders.blocks import changed_parts
+
 Summary = str  # "cls" | "mean"
 
 
@@ -139,6 +141,23 @@ class Perceiver(nn.Module, ABC):
             if (isinstance(module, nn.Dropout) and module.p > 0)
             or float(getattr(module, "drop_prob", 0.0) or 0.0) > 0
         ]
+
+    # --- the top of the tower only (where only its top trains) -----------------------------
+    def first_changed_block(self) -> int | None:
+        """The lowest block a run trains or adapts, where nothing below it changes (the
+        frozen bottom then gives each file one hidden state, worth caching); ``None`` where
+        nothing changes, 0 where no block's input can stand for the media."""
+        return 0 if changed_parts(self) else None
+
+    def block_input(self, start: int, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What enters block ``start``: ``{"hidden": [batch, ..., tokens, dim], "mask":
+        [batch, ..., tokens]}``, what ``from_block`` takes."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run from a block's input")
+
+    def from_block(self, start: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """The last level's summary ``[batch, hidden_size]`` (``forward(...)[:, -1]``), from
+        ``block_input``'s output: only blocks ``start..`` run."""
+        raise NotImplementedError(f"{type(self).__name__} cannot run from a block's input")
 
     def prepare(self, media: Sequence[Any], *, train: bool = False) -> dict[str, torch.Tensor]:
         """A list of raw media -> one batch of inputs (preprocess each, then collate)."""

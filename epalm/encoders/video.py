@@ -122,12 +122,30 @@ class FramesPerceiver(Perceiver):
     def forward(self, **inputs: torch.Tensor) -> torch.Tensor:
         batch, frames = next(iter(inputs.values())).shape[:2]
         per_frame = self.image(**{key: value.flatten(0, 1) for key, value in inputs.items()})
-        clip = per_frame.unflatten(0, (batch, frames))  # [batch, frames, levels, hidden]
+        return self._pool(per_frame.unflatten(0, (batch, frames)))  # [b, frames, levels, h]
+
+    def _pool(self, clip: torch.Tensor) -> torch.Tensor:
+        """``[batch, frames, ...]`` -> ``[batch, ...]`` by ``pool``."""
         mean = clip.mean(dim=1)
         if self.pool == "mean":
             return mean
-        half = frames // 2
+        frames, half = clip.shape[1], clip.shape[1] // 2
         return torch.cat([mean, clip[:, frames - half :].mean(1) - clip[:, :half].mean(1)], -1)
+
+    def first_changed_block(self) -> int | None:
+        return self.image.first_changed_block()
+
+    def block_input(self, start: int, **inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every frame's: ``{"hidden": [batch, frames, tokens, dim], "mask": [batch, frames,
+        tokens]}``."""
+        batch, frames = next(iter(inputs.values())).shape[:2]
+        per_frame = self.image.block_input(start, **{k: v.flatten(0, 1) for k, v in inputs.items()})
+        return {key: value.unflatten(0, (batch, frames)) for key, value in per_frame.items()}
+
+    def from_block(self, start: int, hidden: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        batch, frames = hidden.shape[:2]
+        per_frame = self.image.from_block(start, hidden.flatten(0, 1), mask.flatten(0, 1))
+        return self._pool(per_frame.unflatten(0, (batch, frames)))
 
     @property
     def token_size(self) -> int:

@@ -65,6 +65,10 @@ class Objective(ABC):
         ``metric``, ``split``, ``seen`` (and a control such as ``blind``) and ``summary``.
         ``checkpoint``: where the scored model is saved, for what belongs beside it."""
 
+    #: Whether the model reads what enters the first trained block of a perceiver whose top
+    #: alone trains (``Perceiver.from_block``), so that the feature cache can hold it.
+    reads_block_inputs: bool = False
+
     def feature_levels(self) -> int | None:
         """How many last levels' summaries the model reads from the feature cache (None: what
         the run's connector reads)."""

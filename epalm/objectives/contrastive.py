@@ -151,6 +151,8 @@ class Contrastive(Objective):
             }
         return rows
 
+    reads_block_inputs = True
+
     def feature_levels(self) -> int:
         return 1  # the last level's summary: what the media head reads
 

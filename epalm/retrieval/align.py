@@ -22,7 +22,8 @@ from torch import nn
 
 from epalm.adapters.bottleneck import Bottleneck, bottleneck_width
 from epalm.adapters.trainability import bias_parameters, norm_parameters
-from epalm.retrieval.towers import backbone_of, block_sites, encoder_blocks
+from epalm.encoders.blocks import backbone_of, changes_output, encoder_blocks
+from epalm.retrieval.towers import block_sites
 
 AlignVariant = Callable[..., None]  # (dual encoder, **kwargs) -> None
 _VARIANTS: dict[str, AlignVariant] = {}
@@ -135,4 +136,4 @@ def _adding(adapter: nn.Module) -> Callable:
     def hook(module: nn.Module, inputs: Any, output: Any) -> Any:
         return output + adapter(output)
 
-    return hook
+    return changes_output(hook)

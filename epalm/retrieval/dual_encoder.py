@@ -91,11 +91,25 @@ class DualEncoder(nn.Module):
         return {self.config.modality: self.perceiver}
 
     def embed_media(
-        self, inputs: dict[str, torch.Tensor] | None = None, features: torch.Tensor | None = None
+        self,
+        inputs: dict[str, torch.Tensor] | None = None,
+        features: torch.Tensor | dict[str, torch.Tensor] | None = None,
     ) -> torch.Tensor:
-        """From the perceiver's inputs, or from its cached per-level summaries ``features``
-        ``[batch, levels, hidden]`` (where the media tower trains nothing)."""
-        vector = features[:, -1] if features is not None else media_vector(self.perceiver, inputs)
+        """From the perceiver's inputs, or from the feature cache: its per-level summaries
+        ``[batch, levels, hidden]`` (where the media tower trains nothing), or what enters its
+        first trained block, ``{"hidden", "mask"}`` (where only its top trains)."""
+        if features is None:
+            vector = media_vector(self.perceiver, inputs)
+        elif isinstance(features, dict):
+            start = self.perceiver.first_changed_block()
+            if not start:
+                raise ValueError(
+                    "features hold a block's input, but the media tower trains from its bottom "
+                    f"(align={self.config.align}): give it media"
+                )
+            vector = self.perceiver.from_block(start, features["hidden"], features["mask"])
+        else:
+            vector = features[:, -1]
         return F.normalize(self.media_head(vector), dim=-1)
 
     def embed_text(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

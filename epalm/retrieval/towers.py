@@ -31,37 +31,6 @@ ATTENTION_OUTPUTS = ("attention.output.dense", "attention.o_proj", "self_attn.ou
 FEED_FORWARD_OUTPUTS = ("output.dense", "mlp.fc2", "fc2", "mlp.down_proj", "mlp.c_proj")
 
 
-def backbone_of(tower: nn.Module) -> nn.Module:
-    """The HF model inside a tower: a perceiver's ``backbone`` (a frame-wise video perceiver's
-    image perceiver's), or the text encoder's model."""
-    for candidate in (tower, getattr(tower, "image", None)):
-        for name in ("backbone", "model"):
-            module = getattr(candidate, name, None) if candidate is not None else None
-            if isinstance(module, nn.Module) and hasattr(module, "config"):
-                return module
-    raise TypeError(f"{type(tower).__name__}: no HF model found (no .backbone or .model)")
-
-
-def encoder_blocks(model: nn.Module) -> nn.ModuleList:
-    """The ModuleList of a model's transformer blocks: the one whose length is the config's
-    number of layers. Anything else (none, or two) is an error that names what was found."""
-    config = model.config
-    depth = getattr(config, "num_hidden_layers", None) or getattr(config, "encoder_layers", None)
-    found = [
-        (name, module)
-        for name, module in model.named_modules()
-        if isinstance(module, nn.ModuleList)
-        and len(module) == depth
-        and len({type(block) for block in module}) == 1
-    ]
-    if len(found) != 1:
-        raise ValueError(
-            f"{type(model).__name__}: expected one list of {depth} blocks, found "
-            f"{[name for name, _ in found] or 'none'}; this architecture is not supported yet"
-        )
-    return found[0][1]
-
-
 def block_sites(block: nn.Module) -> dict[str, str]:
     """``{"attention": path, "feed_forward": path}``: the submodules of ``block`` whose outputs
     are its attention's and feed-forward's, before the residual."""

@@ -129,20 +129,18 @@ class TaskCollator:
 
 
 def stack_features(values: Sequence[Any]) -> Any:
-    """One batch of cached features: summaries stacked; tokens padded to the longest (zeros,
-    masked out) and stacked with their masks."""
+    """One batch of cached features: summaries stacked; tokens (or a block's input hidden
+    states) padded to the longest (zeros, masked out) and stacked with their masks. A mask's
+    last axis runs over tokens, as the second-last axis of the tensors beside it does."""
     if not isinstance(values[0], Mapping):
         return torch.stack(list(values))
-    longest = max(v["mask"].shape[0] for v in values)
-    pad = [longest - v["mask"].shape[0] for v in values]
-    return {
-        "tokens": torch.stack(
-            [torch.nn.functional.pad(v["tokens"], (0, 0, 0, p)) for v, p in zip(values, pad)]
-        ),
-        "mask": torch.stack(
-            [torch.nn.functional.pad(v["mask"], (0, p)) for v, p in zip(values, pad)]
-        ),
-    }
+    longest = max(v["mask"].shape[-1] for v in values)
+
+    def padded(key: str, value: torch.Tensor) -> torch.Tensor:
+        missing = longest - value.shape[-1 if key == "mask" else -2]
+        return torch.nn.functional.pad(value, (0, missing) if key == "mask" else (0, 0, 0, missing))
+
+    return {key: torch.stack([padded(key, v[key]) for v in values]) for key in values[0]}
 
 
 def is_empty(batch: Mapping[str, Any]) -> bool:

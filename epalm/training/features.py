@@ -24,17 +24,25 @@ def features_for(
     samples: Sequence[Sample],
     accelerator: Any,
     levels: int | None = None,
+    below: int | None = None,
 ) -> dict[str, torch.Tensor]:
     """``str(media path) -> [levels, hidden]`` for every sample (the tokens of the levels the
     connector reads, for one that reads tokens), computed where missing. ``levels``: that many
-    last levels' summaries instead (a model without a connector: the dual encoder reads 1)."""
-    reads_tokens = levels is None and connector_class(settings.connector.name).reads == "tokens"
+    last levels' summaries instead (a model without a connector: the dual encoder reads 1);
+    ``below``: what enters that block instead (``Perceiver.block_input``), where only the
+    blocks from there up train."""
+    reads_tokens = (
+        levels is None
+        and below is None
+        and connector_class(settings.connector.name).reads == "tokens"
+    )
     levels = levels or settings.connector.levels_for(settings.modality)
     cache = FeatureCache(
         perceiver,
         settings.model_cache,
         video_backend=settings.data.video_backend,
         tokens=levels if reads_tokens else None,
+        below=below,
     )
     paths = sorted({str(s.media_paths[0]) for s in samples})
     cache.fill(
@@ -47,7 +55,7 @@ def features_for(
         progress=accelerator.is_local_main_process,
     )
     accelerator.wait_for_everyone()
-    return cache.load(_cached(cache, paths), levels=None if reads_tokens else levels)
+    return cache.load(_cached(cache, paths), levels=None if reads_tokens or below else levels)
 
 
 def _cached(cache: FeatureCache, paths: list[str]) -> list[str]:

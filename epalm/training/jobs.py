@@ -43,7 +43,7 @@ def evaluate(settings: RunSettings, resolved: dict[str, Any]) -> dict[str, dict[
             accelerator,
             multitask=bool(settings.jobs),
             test_only=True,
-            feature_levels=objective.feature_levels(),
+            objective=objective,
         )
         for name, run in settings.task_runs().items()
     ]
@@ -139,7 +139,7 @@ def _gallery_indexes(settings: RunSettings, model: Any, accelerator: Any) -> Any
         return GalleryIndexes.load(directory)
     task = load_task_data(
         settings.task_id, settings, model, accelerator, multitask=False, test_only=True,
-        feature_levels=objective_for(settings).feature_levels(),
+        objective=objective_for(settings),
     )  # fmt: skip
     gallery, items, texts = embed_gallery(model, task, task.test, "indexing")
     return save_indexes(directory, gallery, items, texts, settings.retrieve.index)

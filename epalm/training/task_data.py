@@ -8,12 +8,13 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from epalm.atomic import atomic_write_text
 from epalm.data.manifest import Sample
+from epalm.encoders.blocks import changed_parts
 from epalm.model import EPALM
 from epalm.tasks.vqa import unanswerable_note, unanswerable_questions
 from epalm.training.data import (
@@ -27,6 +28,9 @@ from epalm.training.data import (
 from epalm.training.evaluate import evaluate, headline, log_summary, reported
 from epalm.training.features import features_for
 from epalm.training.settings import RunSettings, SettingsError
+
+if TYPE_CHECKING:
+    from epalm.objectives.base import Objective
 
 log = logging.getLogger(__name__)
 
@@ -63,10 +67,10 @@ def load_task_data(
     *,
     multitask: bool,
     test_only: bool = False,
-    feature_levels: int | None = None,
+    objective: Objective | None = None,
 ) -> TaskData:
     """Task ``name``'s splits (only the evaluation split with ``test_only``) and perception;
-    the feature cache is filled where it is used (``feature_levels``: see ``features_for``)."""
+    the feature cache is filled where it is used, with what ``objective``'s model reads."""
     train = [] if test_only else one_per_caption(load_split(run, "train"))
     val = load_split(run, "val") if "val" in run.data.splits and not test_only else []
     val = subset(val, run.train.val_samples, run.seed)
@@ -76,10 +80,17 @@ def load_task_data(
         if lost:
             log.warning(unanswerable_note(lost, len(train), run.task.vqa_eval, "train"))
     features = None
-    if use_cache(run, model):
+    from_block = objective is not None and objective.reads_block_inputs
+    if use_cache(run, model, from_block=from_block):
         perceiver = model.perceivers[run.modality]
-        samples = [*train, *val, *test]
-        features = features_for(run, perceiver, samples, accelerator, levels=feature_levels)
+        features = features_for(
+            run,
+            perceiver,
+            [*train, *val, *test],
+            accelerator,
+            levels=objective.feature_levels() if objective is not None else None,
+            below=perceiver.first_changed_block() if from_block else None,
+        )
     counts = {} if test_only else {"train": len(train)}
     counts[run.eval.split] = len(test)
     if val:
@@ -95,12 +106,23 @@ def load_task_data(
     )
 
 
-def use_cache(run: RunSettings, model: nn.Module) -> bool:
+def use_cache(run: RunSettings, model: nn.Module, *, from_block: bool = False) -> bool:
     """Frozen features from the cache, unless augmenting, or unless the encoder's dropout acts
-    in training (``train.frozen_dropout``): cached features were computed without it."""
+    in training (``train.frozen_dropout``): cached features were computed without it. Where
+    the encoder trains or is adapted, only ``from_block`` (a model that reads what enters the
+    first changed block) and only a frozen bottom make a cache."""
     if run.train.features == "media" or (run.train.features == "auto" and run.train.augment):
         return False
     perceiver = model.perceivers[run.modality]
+    if from_block and (start := perceiver.first_changed_block()):
+        log.info(
+            "features from the cache: what enters block %d of the %s encoder, below which it "
+            "is frozen; blocks %d.. run every step",
+            start,
+            run.modality,
+            start,
+        )
+        return True
     if changed := changed_parts(perceiver):
         if run.train.features == "cache":
             raise SettingsError(
@@ -125,16 +147,6 @@ def use_cache(run: RunSettings, model: nn.Module) -> bool:
         len(noisy),
     )
     return False
-
-
-def changed_parts(perceiver: nn.Module) -> list[str]:
-    """What makes a perceiver compute other than its frozen self: trainable parameters, and
-    modules with forward hooks (adapters)."""
-    trained = [name for name, p in perceiver.named_parameters() if p.requires_grad]
-    hooked = [
-        name or "(the perceiver)" for name, m in perceiver.named_modules() if m._forward_hooks
-    ]
-    return trained + hooked
 
 
 def evaluate_tasks(

@@ -69,7 +69,7 @@ class Trainer:
                 self.model,
                 self.acc,
                 multitask=multitask,
-                feature_levels=self.objective.feature_levels(),
+                objective=self.objective,
             )
             for name, run in self.s.task_runs().items()
         ]
