@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -103,8 +104,8 @@ def _logged(log: Path, marker: str) -> str:
 
 def _seconds_per_step(log: Path) -> float | None:
     """From the trainer's last line on its steps: "trained N steps in T s: X s/step ..."."""
-    found = _logged(log, "trained ")
-    return float(found.split(": ")[1].split()[0]) if "s/step" in found else None
+    found = re.search(r"trained \d+ steps in \d+ s: ([\d.]+) s/step", log.read_text())
+    return float(found[1]) if found else None
 
 
 def table(rows: list[dict], cache: str = "from empty cache") -> str:

@@ -187,3 +187,16 @@ def test_retrieval_table_checks_lilts_claims_against_full():
     assert "best at most 7% trained: adapters (3.39%) 79.5 against full 80.0" in lines[0]
     assert lines[0].endswith("(within 1 point of full: met)")
     assert lines[1].endswith("(75% of full: not met)")  # heads: 50 < 60
+
+
+def test_seconds_per_step_are_read_from_the_trainers_own_line(tmp_path):
+    from benchmarks.main_jobs import _seconds_per_step
+
+    log = tmp_path / "train.log"
+    log.write_text(
+        "10:32:36 INFO task_data: features from media: the image encoder is trained or adapted\n"
+        "10:48:23 INFO trainer: trained 200 steps in 930 s: 4.652 s/step (validation excluded)\n"
+    )
+    assert _seconds_per_step(log) == 4.652
+    log.write_text("10:32:36 INFO task_data: the image encoder is trained or adapted\n")
+    assert _seconds_per_step(log) is None
