@@ -61,6 +61,10 @@ def claims(rows: list[dict]) -> list[str]:
     return lines
 
 
+def _per_step(row: dict) -> str:
+    return "?" if row.get("seconds_per_step") is None else f"{row['seconds_per_step']:.2f}"
+
+
 def table(rows: list[dict]) -> str:
     lines = [
         "| modality | align | trainable (share) | R@1 text->media | R@1 media->text | mean recall "
@@ -76,7 +80,7 @@ def table(rows: list[dict]) -> str:
             f"| {r['modality']} | {r['variant']} | {r['trainable']} | "
             f"{recalls['text_to_media_r@1']:.1f} | {recalls['media_to_text_r@1']:.1f} | "
             f"{r['score']:.1f} | {r['blind']:.1f} | {r['seconds'] / 60:.1f} min | "
-            f"{r['seconds_per_step']:.2f} |"
+            f"{_per_step(r)} |"
         )
     lines += ["", *claims(rows), ""]
     lines += [f"- {r['modality']}, {r['variant']}: `{r.get('command', '?')}`" for r in rows]
