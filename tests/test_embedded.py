@@ -2,6 +2,7 @@
 
 from collections import Counter
 from dataclasses import replace
+from functools import partial
 
 import av
 import numpy as np
@@ -16,7 +17,12 @@ from epalm.data.manifest import read_manifest
 from epalm.zoo import cache
 
 MEDIA_DIRS = ("images", "videos", "audio")
-SYNTHETIC = {"shapes-video": shapes_video, "sound-scenes": sound_scenes}
+# each generated dataset's manifest, planned without rendering: (seed, split, n) -> samples
+SYNTHETIC = {
+    "shapes-video": shapes_video.split_samples,
+    "sound-scenes": sound_scenes.split_samples,
+    "sound-sequences": partial(sound_scenes.split_samples, events=3, name="sound-sequences"),
+}
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +83,8 @@ def test_media_files_are_real(built, name):
                 assert frames[0].shape == (64, 64, 3)
             else:
                 audio, rate = soundfile.read(path)
-                assert rate == 16_000 and audio.shape == (32_000,)
+                seconds = 3 if name == "sound-sequences" else 2
+                assert rate == 16_000 and audio.shape == (seconds * 16_000,)
 
 
 @pytest.mark.parametrize("name", sorted(EMBEDDED))
@@ -135,18 +142,16 @@ def test_unknown_names_and_sizes_are_explained():
 @pytest.mark.parametrize("name", sorted(SYNTHETIC))
 def test_manifests_are_the_plan(built, name):
     """What the blind test below checks without rendering is what a build writes."""
-    module, root = SYNTHETIC[name], built(name)
+    split_samples, root = SYNTHETIC[name], built(name)
     for split, n in EMBEDDED[name].sizes["tiny"].items():
-        planned = [s.to_json() for s in module.split_samples(0, split, n)]
+        planned = [s.to_json() for s in split_samples(0, split, n)]
         assert [s.to_json() for s in read_manifest(root / f"{split}.jsonl")] == planned
 
 
 @pytest.mark.parametrize("name", sorted(SYNTHETIC))
 def test_questions_alone_do_not_give_the_answer(name):
     sizes = EMBEDDED[name].sizes["default"]
-    train, test = (
-        SYNTHETIC[name].split_samples(0, split, sizes[split]) for split in ("train", "test")
-    )
+    train, test = (SYNTHETIC[name](0, split, sizes[split]) for split in ("train", "test"))
     for kind, row in blind_accuracy(train, test).items():
         assert row["blind"] <= row["prior"] + 0.05, (kind, row)
         assert row["prior"] <= 1 / row["answers"] + 0.1, (kind, row)  # answers near uniform
@@ -228,10 +233,12 @@ def _listen(second):
     return ("tone", None, pitch) if runs == 1 and active.sum() > 40 else ("beep", runs, pitch)
 
 
-def test_scenes_sound_like_their_labels():
-    for scene in sound_scenes.plan(0, "train", 60):
+@pytest.mark.parametrize("events", [2, 3])  # sound-scenes, sound-sequences
+def test_scenes_sound_like_their_labels(events):
+    for scene in sound_scenes.plan(0, "train", 60, events):
         audio = sound_scenes.render(scene)
-        heard = [_listen(audio[:16_000]), _listen(audio[16_000:])]
+        assert len(audio) == events * 16_000
+        heard = [_listen(second) for second in np.split(audio, events)]
         expected = [
             (kind, scene.beeps if kind == "beep" else None, _detail(scene, kind))
             for kind in scene.kinds
@@ -243,11 +250,22 @@ def _detail(scene, kind):
     return {"tone": scene.tone_pitch, "beep": scene.beep_pitch, "chirp": scene.chirp}.get(kind)
 
 
-def test_wav_files_hold_the_rendered_scene(built):
-    root = built("sound-scenes")
-    scene = sound_scenes.plan(0, "val", EMBEDDED["sound-scenes"].sizes["tiny"]["val"])[1]
+@pytest.mark.parametrize(("name", "events"), [("sound-scenes", 2), ("sound-sequences", 3)])
+def test_wav_files_hold_the_rendered_scene(built, name, events):
+    root = built(name)
+    scene = sound_scenes.plan(0, "val", EMBEDDED[name].sizes["tiny"]["val"], events)[1]
     audio, _ = soundfile.read(root / "audio/val-00001.wav", dtype="float32")
     assert np.abs(audio - sound_scenes.render(scene)).max() < 1e-4  # 16-bit rounding
+
+
+def test_sound_sequences_caption_three_events_in_order():
+    scenes = sound_scenes.plan(0, "test", 200, events=3)
+    captions = [sound_scenes.caption(scene) for scene in scenes]
+    assert all(c.count(", then ") == 2 for c in captions)
+    two = [sound_scenes.caption(s) for s in sound_scenes.plan(0, "test", 200)]
+    assert len(set(captions)) > 1.5 * len(set(two))  # the harder set for retrieval
+    first = sound_scenes.questions(scenes[0])
+    assert ("middle", "what comes second?", scenes[0].kinds[1]) in first
 
 
 # --- easy-vqa ---

@@ -30,7 +30,13 @@ log = logging.getLogger(__name__)
 
 EMBEDDED: dict[str, Embedded] = {
     d.name: d
-    for d in (easy_vqa.DATASET, scenes.DATASET, shapes_video.DATASET, sound_scenes.DATASET)
+    for d in (
+        easy_vqa.DATASET,
+        scenes.DATASET,
+        shapes_video.DATASET,
+        sound_scenes.DATASET,
+        sound_scenes.SEQUENCES,
+    )
 }
 
 

@@ -1,14 +1,18 @@
-"""``sound-scenes``: synthetic 2 s sound scenes (16 kHz mono WAV), with captions and questions.
+"""``sound-scenes`` and ``sound-sequences``: synthetic sound scenes (16 kHz mono WAV), with
+captions and questions.
 
-A scene is two events, one per second: a steady tone, 1-3 beeps, a rising or falling chirp, a
-burst of noise or silence. Each ordered pair of different events is equally common, and pitch,
-beep count and chirp direction are balanced over the scenes that have them, so no question's
-answer can be read from the question.
+A scene is a sequence of different events, one per second (two in ``sound-scenes``, three in
+``sound-sequences``): a steady tone, 1-3 beeps, a rising or falling chirp, a burst of noise or
+silence. Each ordered sequence of different events is equally common, and pitch, beep count and
+chirp direction are balanced over the scenes that have them, so no question's answer can be
+read from the question. Three events make 540 possible captions (two make 98), in an order that a
+pooled text embedding must keep: the harder set for retrieval.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 from itertools import permutations
 from pathlib import Path
 
@@ -25,9 +29,8 @@ from epalm.data.embedded.common import (
 )
 from epalm.data.manifest import Sample
 
-RATE, SECONDS = 16_000, 2.0
+RATE = 16_000  # one second per event
 KINDS = ("tone", "beep", "chirp", "noise", "silence")
-PAIRS = tuple(permutations(KINDS, 2))  # (first, last): 20 ordered pairs of different kinds
 SOUNDS = ("tone", "beep", "chirp", "noise")  # what "is there a ...?" asks about
 PITCHES = {"low": (180.0, 350.0), "high": (1200.0, 2400.0)}  # Hz
 ASK = {
@@ -41,8 +44,7 @@ FADE = 0.01  # seconds of raised-cosine ramp: no clicks at a sound's edges
 
 @dataclass(frozen=True)
 class Scene:
-    first: str
-    last: str
+    kinds: tuple[str, ...]  # the events in order, each kind at most once
     asked: str  # the sound "is there a ...?" asks about; present in half the scenes
     tone_pitch: str | None
     beep_pitch: str | None
@@ -51,13 +53,17 @@ class Scene:
     render_seed: int  # onsets, frequencies, loudness: free of any label
 
     @property
-    def kinds(self) -> tuple[str, str]:
-        return (self.first, self.last)
+    def first(self) -> str:
+        return self.kinds[0]
+
+    @property
+    def last(self) -> str:
+        return self.kinds[-1]
 
 
-def plan(seed: int, split: str, n: int) -> list[Scene]:
+def plan(seed: int, split: str, n: int, events: int = 2) -> list[Scene]:
     rng = split_rng(seed, split)
-    pairs = balanced(rng, n, PAIRS)
+    pairs = balanced(rng, n, tuple(permutations(KINDS, events)))  # ordered, different kinds
     present = balanced(rng, n, (True, False))
     asked = [_asked(rng, pair, p) for pair, p in zip(pairs, present)]
     tone_pitch = _for_scenes_with(rng, pairs, "tone", tuple(PITCHES))
@@ -66,17 +72,18 @@ def plan(seed: int, split: str, n: int) -> list[Scene]:
     chirp = _for_scenes_with(rng, pairs, "chirp", ("rising", "falling"))
     seeds = rng.integers(2**32, size=n).tolist()
     rows = zip(pairs, asked, tone_pitch, beep_pitch, beeps, chirp, seeds)
-    return [Scene(a, b, *rest) for (a, b), *rest in rows]
+    return [Scene(kinds, *rest) for kinds, *rest in rows]
 
 
 def caption(scene: Scene) -> str:
-    return f"{_describe(scene, scene.first)}, then {_describe(scene, scene.last)}"
+    return ", then ".join(_describe(scene, kind) for kind in scene.kinds)
 
 
 def questions(scene: Scene) -> list[tuple[str, str, str]]:
     """(question type, question, answer): order and presence always, details when present."""
     qa = [
         ("first", "what comes first?", scene.first),
+        *[("middle", "what comes second?", scene.kinds[1])] * (len(scene.kinds) > 2),
         ("last", "what comes last?", scene.last),
         ("presence", ASK[scene.asked], "yes" if scene.asked in scene.kinds else "no"),
     ]
@@ -90,16 +97,20 @@ def questions(scene: Scene) -> list[tuple[str, str, str]]:
     return qa
 
 
-def split_samples(seed: int, split: str, n: int) -> list[Sample]:
+def split_samples(
+    seed: int, split: str, n: int, events: int = 2, name: str = "sound-scenes"
+) -> list[Sample]:
     """The manifest of a split, without rendering a scene."""
-    return [s for i, scene in enumerate(plan(seed, split, n)) for s in _samples(scene, split, i)]
+    scenes = plan(seed, split, n, events)
+    return [s for i, scene in enumerate(scenes) for s in _samples(scene, split, i, name)]
 
 
 def render(scene: Scene) -> np.ndarray:
-    """The scene's waveform: float32 in [-1, 1], RATE * SECONDS samples."""
+    """The scene's waveform: float32 in [-1, 1], one second (RATE samples) per event."""
     rng = np.random.default_rng(scene.render_seed)
-    audio = rng.normal(0.0, 0.002, int(RATE * SECONDS))  # a faint floor: silence is not all zeros
-    for kind, second in zip(scene.kinds, (0.0, 1.0)):
+    # a faint floor: silence is not all zeros
+    audio = rng.normal(0.0, 0.002, RATE * len(scene.kinds))
+    for second, kind in enumerate(scene.kinds):
         start = int(RATE * (second + rng.uniform(0.05, 0.2)))
         sound = _sound(scene, kind, rng)
         audio[start : start + len(sound)] += sound  # every sound ends within its second
@@ -112,29 +123,31 @@ def write_wav(path: Path, audio: np.ndarray) -> None:
     soundfile.write(str(path), audio, RATE, subtype="PCM_16")
 
 
-def build(out_dir: Path, seed: int, sizes: dict[str, int]) -> Built:
+def build(
+    out_dir: Path, seed: int, sizes: dict[str, int], *, events: int, name: str, card: str
+) -> Built:
     (out_dir / "audio").mkdir()
     samples = synthesize(
         out_dir,
         seed,
         sizes,
-        name="sound-scenes",
-        plan=plan,
+        name=name,
+        plan=partial(plan, events=events),
         write=lambda path, item: write_wav(path, render(item)),
         media=_media,
-        samples=_samples,
+        samples=partial(_samples, name=name),
     )
     provenance = {
         "generator": __name__,
         "sample_rate": RATE,
-        "seconds": SECONDS,
+        "seconds": float(events),
         "format": "WAV, mono, 16-bit PCM",
         "license": "Apache-2.0 (generated by epalm)",
     }
-    return Built(samples, provenance, CARD)
+    return Built(samples, provenance, card)
 
 
-def _asked(rng: np.random.Generator, pair: tuple[str, str], present: bool) -> str:
+def _asked(rng: np.random.Generator, pair: tuple[str, ...], present: bool) -> str:
     """A sound in the scene or one missing from it; by symmetry each is asked as often with
     "yes" as with "no"."""
     options = [k for k in SOUNDS if (k in pair) == present]
@@ -142,7 +155,7 @@ def _asked(rng: np.random.Generator, pair: tuple[str, str], present: bool) -> st
 
 
 def _for_scenes_with(
-    rng: np.random.Generator, pairs: list[tuple[str, str]], kind: str, values: tuple
+    rng: np.random.Generator, pairs: list[tuple[str, ...]], kind: str, values: tuple
 ) -> list:
     """Values balanced over the scenes that have ``kind``; None for the others."""
     chosen = iter(balanced(rng, sum(kind in p for p in pairs), values))
@@ -200,8 +213,8 @@ def _fade(sound: np.ndarray) -> np.ndarray:
     return sound
 
 
-def _samples(scene: Scene, split: str, index: int) -> list[Sample]:
-    prefix = f"sound-scenes-{split}-{index:05d}"
+def _samples(scene: Scene, split: str, index: int, name: str = "sound-scenes") -> list[Sample]:
+    prefix = f"{name}-{split}-{index:05d}"
     return media_samples(
         prefix, split, "audio", _media(split, index), caption(scene), questions(scene)
     )
@@ -227,6 +240,15 @@ the scene has them, the beep count ("1" to "3"), the pitch of the beeps or tone 
 and the chirp's direction (rising / falling).
 """
 
+SEQUENCES_CARD = """\
+Synthetic sound sequences: 3 s, 16 kHz mono, 16-bit WAV.
+
+As sound-scenes, with three different events, one in each second: each ordered triple of
+different events is equally common (60 triples), and the captions name all three in order
+("a low tone, then two high beeps, then silence"). Questions as in sound-scenes, plus what
+comes second.
+"""
+
 DATASET = Embedded(
     name="sound-scenes",
     modality="audio",
@@ -236,5 +258,17 @@ DATASET = Embedded(
         "default": {"train": 600, "val": 100, "test": 100},
         "tiny": {"train": 4, "val": 2, "test": 2},
     },
-    build=build,
+    build=partial(build, events=2, name="sound-scenes", card=CARD),
+)
+
+SEQUENCES = Embedded(
+    name="sound-sequences",
+    modality="audio",
+    summary="synthetic 3 s sequences of three sounds: sound-scenes made harder for retrieval",
+    version=1,
+    sizes={
+        "default": {"train": 1200, "val": 200, "test": 200},
+        "tiny": {"train": 4, "val": 2, "test": 2},
+    },
+    build=partial(build, events=3, name="sound-sequences", card=SEQUENCES_CARD),
 )
