@@ -4,7 +4,7 @@
         [--variants heads layernorm bitfit adapters last-layers lit full]
         [--extra train.max_steps=400 ...] [--cache DIR]
 
-For each modality (image: the scenes set; video: shapes-video; audio: sound-scenes) and each
+For each modality (image: the scenes set; video: shapes-video; audio: sound-sequences) and each
 variant, runs ``epalm train modality=M task=retrieval align=V`` in a fresh process, one after
 the other on one machine and one shared cache (``<out>/cache`` by default). Reports the
 trainable parameters and their share, R@1 both ways, the mean recall, the same on shuffled
