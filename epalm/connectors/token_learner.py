@@ -50,14 +50,14 @@ class OrderedTokens(nn.Module):
 @register_connector("token-learner")
 class TokenLearnerConnector(PoolingConnector):
     """Each level's tokens pooled into K by TokenLearner's maps (one learner for all levels),
-        then projected into the LM's width per level: K tokens per level, whatever the input's
-        length. ``per_frame``: a clip's frames are pooled one by one into K tokens each (K x frames
-        in all, in frame order), so the LM still sees when things happen; otherwise the maps span
-        frames x patches. ``frames``: how many equal runs the tokens come in; the frame-wise video
+    then projected into the LM's width per level: K tokens per level, whatever the input's
+    length. ``per_frame``: a clip's frames are pooled one by one into K tokens each (K x frames
+    in all, in frame order), so the LM still sees when things happen; otherwise the maps span
+    frames x patches. ``frames``: how many equal runs the tokens come in; the frame-wise video
     perceiver sets it, and for audio ``frames=N`` cuts a clip into N segments in time (counting
     beeps needs it). ``motion`` (with ``per_frame``): K more tokens, the later half of the
-        frames' pooled tokens minus the earlier half's, the change that eP-ALM's ``mean+delta``
-        summary hands the LM."""
+    frames' pooled tokens minus the earlier half's, the change that eP-ALM's ``mean+delta``
+    summary hands the LM."""
 
     def __init__(
         self,
